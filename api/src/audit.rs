@@ -1,0 +1,241 @@
+//! The hash-chained audit log.
+//!
+//! Every change the hub owns writes its event in the same transaction as the change. Each event
+//! carries the hash of the one before, so deleting, editing or reordering any event breaks the
+//! chain. Appends are serialised on the `audit_head` row: the first statement of every writing
+//! transaction takes that row's lock (PostgreSQL) or the database's write lock (SQLite), so two
+//! hub instances can never fork the chain or leave a gap.
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use entities::{audit_event, audit_head};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+
+/// The hash the first event chains from.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// What happened, e.g. `person.registered`.
+    pub action: &'a str,
+    /// The person it concerns, if any.
+    pub person_id: Option<&'a str>,
+    /// Structured detail. Never names, dates of birth or identifier values.
+    pub detail: Value,
+}
+
+/// Begins a writing transaction whose first act is to take the audit chain's head lock.
+pub async fn begin_write(db: &DatabaseConnection) -> ApiResult<DatabaseTransaction> {
+    let txn = db.begin().await?;
+    audit_head::Entity::update_many()
+        .col_expr(audit_head::Column::Seq, Expr::col(audit_head::Column::Seq))
+        .filter(audit_head::Column::Id.eq(1))
+        .exec(&txn)
+        .await?;
+    Ok(txn)
+}
+
+/// Appends an event inside `txn`, which must come from [`begin_write`].
+pub async fn append(
+    txn: &DatabaseTransaction,
+    actor: &Principal,
+    event: NewEvent<'_>,
+) -> ApiResult<()> {
+    let head = audit_head::Entity::find_by_id(1)
+        .one(txn)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("the audit chain head row is missing"))
+        })?;
+    let seq = head.seq + 1;
+    // Microseconds: what PostgreSQL keeps, so the hash still matches once stored.
+    let at = Utc::now().trunc_subsecs(6);
+    let id = uuid::Uuid::now_v7().to_string();
+    let detail = event.detail.to_string();
+    let fields = EventFields {
+        seq,
+        id: &id,
+        at,
+        actor_sub: &actor.sub,
+        actor_role: actor.role.as_str(),
+        agency: actor.agency.as_deref(),
+        person_id: event.person_id,
+        action: event.action,
+        detail: &detail,
+        purpose: actor.purpose.as_deref(),
+        request_id: &actor.request_id,
+    };
+    let hash = fields.hash(&head.hash);
+    audit_event::ActiveModel {
+        seq: Set(seq),
+        id: Set(id.clone()),
+        at: Set(at),
+        actor_sub: Set(actor.sub.clone()),
+        actor_role: Set(actor.role.as_str().to_owned()),
+        agency: Set(actor.agency.clone()),
+        person_id: Set(event.person_id.map(str::to_owned)),
+        action: Set(event.action.to_owned()),
+        detail: Set(detail),
+        purpose: Set(actor.purpose.clone()),
+        request_id: Set(actor.request_id.clone()),
+        prev_hash: Set(head.hash.clone()),
+        hash: Set(hash.clone()),
+    }
+    .insert(txn)
+    .await?;
+    audit_head::ActiveModel {
+        id: Set(1),
+        seq: Set(seq),
+        hash: Set(hash),
+    }
+    .update(txn)
+    .await?;
+    Ok(())
+}
+
+/// The fields an event's hash covers, in a fixed order.
+struct EventFields<'a> {
+    seq: i64,
+    id: &'a str,
+    at: DateTime<Utc>,
+    actor_sub: &'a str,
+    actor_role: &'a str,
+    agency: Option<&'a str>,
+    person_id: Option<&'a str>,
+    action: &'a str,
+    detail: &'a str,
+    purpose: Option<&'a str>,
+    request_id: &'a str,
+}
+
+impl EventFields<'_> {
+    /// SHA-256 over the previous hash and every field, each length-prefixed so no two
+    /// different events can serialise alike.
+    fn hash(&self, prev_hash: &str) -> String {
+        let mut hasher = Sha256::new();
+        let at = self.at.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let seq = self.seq.to_string();
+        let parts: [Option<&str>; 12] = [
+            Some(prev_hash),
+            Some(&seq),
+            Some(self.id),
+            Some(&at),
+            Some(self.actor_sub),
+            Some(self.actor_role),
+            self.agency,
+            self.person_id,
+            Some(self.action),
+            Some(self.detail),
+            self.purpose,
+            Some(self.request_id),
+        ];
+        for part in parts {
+            match part {
+                Some(text) => {
+                    hasher.update(b"s");
+                    hasher.update((text.len() as u64).to_be_bytes());
+                    hasher.update(text.as_bytes());
+                }
+                None => hasher.update(b"n"),
+            }
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// The outcome of checking the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainStatus {
+    /// Every event links to the one before and hashes to what it says.
+    Holds {
+        /// How many events were checked.
+        events: i64,
+        /// The head hash.
+        head_hash: String,
+    },
+    /// The first event (by sequence) where the chain breaks, and why.
+    Broken {
+        /// The sequence number of the first bad event (or where one is missing).
+        seq: i64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Walks the whole chain in order and checks every link, and that the head row agrees.
+pub async fn verify(db: &impl ConnectionTrait) -> ApiResult<ChainStatus> {
+    let events = audit_event::Entity::find()
+        .order_by_asc(audit_event::Column::Seq)
+        .all(db)
+        .await?;
+    let mut prev = GENESIS_HASH.to_owned();
+    let mut expected_seq = 1;
+    for event in &events {
+        if event.seq != expected_seq {
+            return Ok(ChainStatus::Broken {
+                seq: expected_seq,
+                reason: format!(
+                    "event {expected_seq} is missing (next present is {})",
+                    event.seq
+                ),
+            });
+        }
+        if event.prev_hash != prev {
+            return Ok(ChainStatus::Broken {
+                seq: event.seq,
+                reason: "its previous-hash does not match the event before it".into(),
+            });
+        }
+        let fields = EventFields {
+            seq: event.seq,
+            id: &event.id,
+            at: event.at,
+            actor_sub: &event.actor_sub,
+            actor_role: &event.actor_role,
+            agency: event.agency.as_deref(),
+            person_id: event.person_id.as_deref(),
+            action: &event.action,
+            detail: &event.detail,
+            purpose: event.purpose.as_deref(),
+            request_id: &event.request_id,
+        };
+        let hash = fields.hash(&prev);
+        if hash != event.hash {
+            return Ok(ChainStatus::Broken {
+                seq: event.seq,
+                reason: "its contents do not match its hash (edited)".into(),
+            });
+        }
+        prev = hash;
+        expected_seq += 1;
+    }
+    let head = audit_head::Entity::find_by_id(1)
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("the audit chain head row is missing"))
+        })?;
+    let count = expected_seq - 1;
+    if head.seq != count || head.hash != prev {
+        return Ok(ChainStatus::Broken {
+            seq: count + 1,
+            reason: format!(
+                "the chain head records {} events but {} are present (truncated)",
+                head.seq, count
+            ),
+        });
+    }
+    Ok(ChainStatus::Holds {
+        events: count,
+        head_hash: prev,
+    })
+}

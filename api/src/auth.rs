@@ -1,0 +1,228 @@
+//! Authentication: who is calling, from a verified JWT.
+//!
+//! The algorithm is pinned by configuration and never taken from the token; `iss`, `aud`,
+//! `exp` and `sub` are required. Every failure is the same UNAUTHENTICATED with no detail
+//! that would help an attacker; the reason goes to the debug log only.
+
+use std::fmt;
+use std::str::FromStr;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthSettings;
+use crate::error::ApiError;
+
+/// The roles API-CONTRACT.md fixes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The person themselves.
+    Person,
+    /// Someone acting for the people in `acts_for`.
+    Representative,
+    /// A partner agency, seeing what the person has agreed to share with it.
+    Agency,
+    /// Reads everything, changes nothing, states why.
+    Auditor,
+    /// A portal passing on a person's own token.
+    Portal,
+    /// Runs the hub: connectors and the registry, not budget contents.
+    Admin,
+}
+
+impl Role {
+    /// Every role, in a fixed order.
+    pub const ALL: [Self; 6] = [
+        Self::Person,
+        Self::Representative,
+        Self::Agency,
+        Self::Auditor,
+        Self::Portal,
+        Self::Admin,
+    ];
+
+    /// The claim value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Person => "person",
+            Self::Representative => "representative",
+            Self::Agency => "agency",
+            Self::Auditor => "auditor",
+            Self::Portal => "portal",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s).ok_or(())
+    }
+}
+
+/// The claims the hub reads and writes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry (seconds since the epoch).
+    pub exp: i64,
+    /// Not before (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Issued at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// Subject: a hub person id for `person` and `portal` tokens.
+    pub sub: String,
+    /// One of the roles.
+    pub role: String,
+    /// For a representative: the person ids they act for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acts_for: Vec<String>,
+    /// For an agency: its id, to which consent is granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<String>,
+}
+
+/// The authenticated caller of one request.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The token's subject.
+    pub sub: String,
+    /// The role it carries.
+    pub role: Role,
+    /// People a representative acts for.
+    pub acts_for: Vec<String>,
+    /// An agency token's agency id.
+    pub agency: Option<String>,
+    /// Why an agency or auditor is reading (the `Tributary-Purpose` header).
+    pub purpose: Option<String>,
+    /// This request's id, for the log and the audit trail.
+    pub request_id: String,
+}
+
+/// Verifies tokens with configured keys.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// HS256 with a shared secret.
+    pub fn hs256(settings: &AuthSettings, secret: &SecretString) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[settings.issuer.as_str()]);
+        validation.set_audience(&[settings.audience.as_str()]);
+        validation.set_required_spec_claims(&["iss", "aud", "exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = settings.leeway_secs;
+        Self {
+            key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+            validation,
+        }
+    }
+
+    /// Verifies a bearer token and returns the caller.
+    pub fn authenticate(
+        &self,
+        token: &str,
+        purpose: Option<String>,
+        request_id: String,
+    ) -> Result<Principal, ApiError> {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+                tracing::debug!(request_id, reason = ?e.kind(), "token refused");
+                ApiError::Unauthenticated
+            })?;
+        let claims = data.claims;
+        let role = claims.role.parse::<Role>().map_err(|()| {
+            tracing::debug!(request_id, "token refused: unknown role");
+            ApiError::Unauthenticated
+        })?;
+        if claims.sub.is_empty()
+            || (role == Role::Agency && claims.agency.as_deref().unwrap_or("").is_empty())
+        {
+            tracing::debug!(request_id, "token refused: empty sub or agency");
+            return Err(ApiError::Unauthenticated);
+        }
+        Ok(Principal {
+            sub: claims.sub,
+            role,
+            acts_for: claims.acts_for,
+            agency: claims.agency,
+            purpose: purpose.filter(|p| !p.trim().is_empty()),
+            request_id,
+        })
+    }
+}
+
+/// Signs HS256 tokens: for `tributary demo`'s development tokens and for tests.
+pub struct TokenIssuer {
+    key: EncodingKey,
+    issuer: String,
+    audience: String,
+}
+
+impl fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenIssuer").finish_non_exhaustive()
+    }
+}
+
+impl TokenIssuer {
+    /// An issuer matching the configured `iss` and `aud`.
+    pub fn hs256(settings: &AuthSettings, secret: &SecretString) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+        }
+    }
+
+    /// A token for `sub` in `role`, valid for `ttl_secs`.
+    pub fn issue(
+        &self,
+        sub: &str,
+        role: Role,
+        acts_for: Vec<String>,
+        agency: Option<String>,
+        ttl_secs: i64,
+    ) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            exp: now + ttl_secs,
+            nbf: None,
+            iat: Some(now),
+            sub: sub.to_owned(),
+            role: role.as_str().to_owned(),
+            acts_for,
+            agency,
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.key,
+        )?)
+    }
+}

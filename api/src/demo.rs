@@ -1,0 +1,217 @@
+//! `tributary demo`: a working hub with realistic synthetic data, from a clean clone, with no
+//! set-up: a fresh SQLite store, the seeded people registered, and a development token per role.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use connectors::{ConnectorKind, ConnectorSettings, IdentifierScheme, StreamId};
+use sandboxes::world::{DEMO_SEED, World};
+use secrecy::SecretString;
+
+use crate::Application;
+use crate::auth::{Authenticator, Principal, Role, TokenIssuer};
+use crate::config::Settings;
+use crate::services::persons::{self, NewPerson};
+
+/// What the demo runs with.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// A config file to start from, instead of the demo's own settings.
+    pub config: Option<PathBuf>,
+    /// Where to listen.
+    pub bind: String,
+    /// The folder for the demo's SQLite file.
+    pub data_dir: PathBuf,
+    /// How many synthetic people to load.
+    pub people: usize,
+}
+
+/// A started demo: the bound server and a token per role.
+#[derive(Debug)]
+pub struct Demo {
+    /// The server, bound but not yet running.
+    pub app: Application,
+    /// One development token per role.
+    pub tokens: Vec<(Role, String)>,
+    /// How many people were registered.
+    pub people: usize,
+}
+
+/// The four partner streams as the demo configures them.
+pub fn demo_connectors() -> Vec<ConnectorSettings> {
+    let connector = |id: &str, kind, port: u16| ConnectorSettings {
+        id: StreamId(id.into()),
+        kind,
+        name: None,
+        base_url: format!("http://127.0.0.1:{port}"),
+        token_env: matches!(kind, ConnectorKind::LaSocialCare | ConnectorKind::Phb)
+            .then(|| format!("{}_TOKEN", id.to_uppercase().replace('-', "_"))),
+        api_key_env: (kind == ConnectorKind::AccessToWork).then(|| "ATW_KEY".into()),
+        cache_ttl_secs: 60,
+        refresh_secs: 3600,
+        yearly_cap: (kind == ConnectorKind::AccessToWork)
+            .then(|| rust_decimal::Decimal::new(6_926_000, 2)),
+        timeout_ms: 5000,
+    };
+    vec![
+        connector("la-social-care", ConnectorKind::LaSocialCare, 9101),
+        connector("ilf", ConnectorKind::Ilf, 9102),
+        connector("access-to-work", ConnectorKind::AccessToWork, 9103),
+        connector("phb", ConnectorKind::Phb, 9104),
+    ]
+}
+
+/// Prepares the store, loads the people and binds the server.
+pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
+    let mut settings = match &options.config {
+        Some(path) => Settings::load(Some(path))?,
+        None => {
+            std::fs::create_dir_all(&options.data_dir).with_context(|| {
+                format!(
+                    "failed to create the demo folder {}",
+                    options.data_dir.display()
+                )
+            })?;
+            let file = options.data_dir.join("tributary-demo.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let path = PathBuf::from(format!("{}{suffix}", file.display()));
+                if path.exists() {
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("failed to reset {}", path.display()))?;
+                }
+            }
+            let mut s = Settings::default();
+            s.database.url = format!("sqlite://{}?mode=rwc", file.display());
+            s.connectors = demo_connectors();
+            s
+        }
+    };
+    settings.server.bind = options.bind.clone();
+    settings.server.dev = true;
+    settings.validate()?;
+
+    // A development secret made afresh for each run, unless one is provided.
+    let secret = std::env::var("TRIBUTARY_JWT_SECRET")
+        .ok()
+        .filter(|s| s.len() >= 32)
+        .unwrap_or_else(|| {
+            format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            )
+        });
+    let secret = SecretString::from(secret);
+    let issuer = TokenIssuer::hs256(&settings.auth, &secret);
+    let auth = Authenticator::hs256(&settings.auth, &secret);
+
+    let db = crate::db::connect(&settings.database).await?;
+    crate::db::migrate(&db).await?;
+    let loader = Principal {
+        sub: "demo-loader".into(),
+        role: Role::Admin,
+        acts_for: Vec::new(),
+        agency: None,
+        purpose: Some("loading the demo's synthetic people".into()),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let world = World::generate(DEMO_SEED, options.people);
+    let mut ids = Vec::with_capacity(world.people.len());
+    for person in &world.people {
+        let mut identifiers = vec![
+            (IdentifierScheme::NhsNumber, person.nhs_number.clone()),
+            (IdentifierScheme::Nino, person.nino.clone()),
+        ];
+        if let Some(client) = person.council_client_id() {
+            identifiers.push((IdentifierScheme::CouncilClientId, client.to_owned()));
+        }
+        if let Some(reference) = person.ilf_reference() {
+            identifiers.push((IdentifierScheme::IlfReference, reference.to_owned()));
+        }
+        let record = persons::register(
+            &db,
+            &loader,
+            NewPerson {
+                given_name: person.given_name.clone(),
+                family_name: person.family_name.clone(),
+                date_of_birth: person.date_of_birth,
+                identifiers,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to register a demo person: {e}"))?;
+        ids.push(record.id);
+    }
+
+    let first = ids.first().cloned().unwrap_or_default();
+    let second = ids.get(1).cloned().unwrap_or_default();
+    let ttl = 12 * 3600;
+    let mut tokens = Vec::new();
+    for role in Role::ALL {
+        let token = match role {
+            Role::Person | Role::Portal => issuer.issue(&first, role, Vec::new(), None, ttl)?,
+            Role::Representative => issuer.issue(
+                "demo-representative",
+                role,
+                vec![first.clone(), second.clone()],
+                None,
+                ttl,
+            )?,
+            Role::Agency => issuer.issue(
+                "demo-social-worker",
+                role,
+                Vec::new(),
+                Some("council-asc".into()),
+                ttl,
+            )?,
+            Role::Auditor => issuer.issue("demo-auditor", role, Vec::new(), None, ttl)?,
+            Role::Admin => issuer.issue("demo-admin", role, Vec::new(), None, ttl)?,
+        };
+        tokens.push((role, token));
+    }
+    let people = ids.len();
+    let app = Application::with_database(settings, auth, db)?;
+    Ok(Demo {
+        app,
+        tokens,
+        people,
+    })
+}
+
+/// Runs the demo until stopped, printing where it is and how to talk to it.
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let demo = start(options).await?;
+    let port = demo.app.port();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Tributary demo: {} synthetic people loaded (seed {DEMO_SEED})",
+        demo.people
+    )?;
+    writeln!(out, "GraphQL:  http://127.0.0.1:{port}/graphql")?;
+    writeln!(out, "GraphiQL: http://127.0.0.1:{port}/graphiql")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Development tokens, valid 12 hours (header  Authorization: Bearer <token>;"
+    )?;
+    writeln!(
+        out,
+        "agency and auditor reads also need  Tributary-Purpose: <why>):"
+    )?;
+    for (role, token) in &demo.tokens {
+        writeln!(out, "token {:<15} {token}", role.as_str())?;
+    }
+    writeln!(out)?;
+    writeln!(out, "Try, with the admin token:")?;
+    writeln!(
+        out,
+        "  {{ fundingStreams {{ id name }} personByIdentifier(scheme: NHS_NUMBER, value: \"943 476 5919\") {{ id givenName identifiers {{ scheme value }} }} }}"
+    )?;
+    writeln!(out, "Stop with Ctrl-C.")?;
+    out.flush()?;
+    drop(out);
+    demo.app.run_until_stopped().await?;
+    Ok(())
+}

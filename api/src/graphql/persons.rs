@@ -1,0 +1,297 @@
+//! The person registry over GraphQL.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Enum, ID, InputObject, Object};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::SecondsFormat;
+
+use super::scalars::Date;
+use super::{GqlResult, app, principal};
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, ApiResult};
+use crate::services::access;
+use crate::services::persons::{self as service, IdentifierRecord, NewPerson, PersonRecord};
+
+/// The schemes a person can be known by.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "IdentifierScheme", remote = "connectors::IdentifierScheme")]
+pub enum IdentifierScheme {
+    /// NHS number: 10 digits with a Modulus 11 check digit; spaces are dropped.
+    NhsNumber,
+    /// National Insurance number; case and spaces are folded.
+    Nino,
+    /// A council's client id in its case-management system.
+    CouncilClientId,
+    /// The Independent Living Fund's award reference, e.g. ILF-000317.
+    IlfReference,
+}
+
+/// An identifier to link.
+#[derive(InputObject, Clone, Debug)]
+pub struct IdentifierInput {
+    /// Its scheme.
+    pub scheme: IdentifierScheme,
+    /// Its value as written; validated and normalised by the hub.
+    pub value: String,
+}
+
+/// A person to register.
+#[derive(InputObject, Clone, Debug)]
+pub struct RegisterPersonInput {
+    /// Given name.
+    pub given_name: String,
+    /// Family name.
+    pub family_name: String,
+    /// Date of birth.
+    pub date_of_birth: Date,
+    /// Identifiers the funds know the person by (may be empty).
+    pub identifiers: Vec<IdentifierInput>,
+}
+
+/// A person registered in the hub.
+pub struct Person(pub PersonRecord);
+
+#[Object]
+impl Person {
+    /// The hub person id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Given name.
+    async fn given_name(&self) -> &str {
+        &self.0.given_name
+    }
+    /// Family name.
+    async fn family_name(&self) -> &str {
+        &self.0.family_name
+    }
+    /// Date of birth.
+    async fn date_of_birth(&self) -> Date {
+        Date(self.0.date_of_birth)
+    }
+    /// The identifiers each fund knows this person by, with who linked each and when.
+    async fn identifiers(&self) -> Vec<Identifier> {
+        self.0.identifiers.iter().cloned().map(Identifier).collect()
+    }
+    /// Bumped by every change to the record or its identifiers.
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+}
+
+/// One identifier linked to a person.
+pub struct Identifier(IdentifierRecord);
+
+#[Object]
+impl Identifier {
+    /// Its scheme.
+    async fn scheme(&self) -> IdentifierScheme {
+        self.0.scheme.into()
+    }
+    /// Its normalised value.
+    async fn value(&self) -> &str {
+        &self.0.value
+    }
+    /// Who linked it (the token subject).
+    async fn linked_by(&self) -> &str {
+        &self.0.linked_by
+    }
+    /// When it was linked (RFC 3339).
+    async fn linked_at(&self) -> String {
+        self.0.linked_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+}
+
+/// Registry queries.
+#[derive(Default)]
+pub struct PersonsQuery;
+
+/// Callers whose view is scoped to certain people learn nothing from a miss: not found and not
+/// allowed read the same to them.
+fn hide_existence(principal: &Principal, error: ApiError) -> ApiError {
+    match (principal.role, error) {
+        (Role::Admin | Role::Auditor, e) => e,
+        (_, ApiError::NotFound(_)) => ApiError::Forbidden(
+            "you are not allowed to see this person's record, or there is none".into(),
+        ),
+        (_, e) => e,
+    }
+}
+
+async fn read_person(
+    db: &sea_orm::DatabaseConnection,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<PersonRecord> {
+    access::can_read_person(db, principal, id)
+        .await
+        .map_err(|e| hide_existence(principal, e))?;
+    service::get(db, id).await
+}
+
+#[Object]
+impl PersonsQuery {
+    /// A person by hub id.
+    async fn person(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Person>> {
+        let principal = principal(ctx)?;
+        let db = &app(ctx)?.db;
+        read_person(db, principal, &id)
+            .await
+            .map(|p| Some(Person(p)))
+            .gql(principal)
+    }
+
+    /// A person by one of the identifiers a fund knows them by.
+    async fn person_by_identifier(
+        &self,
+        ctx: &Context<'_>,
+        scheme: IdentifierScheme,
+        value: String,
+    ) -> async_graphql::Result<Option<Person>> {
+        let principal = principal(ctx)?;
+        let db = &app(ctx)?.db;
+        let result = async {
+            let id = service::find_by_identifier(db, scheme.into(), &value)
+                .await
+                .map_err(|e| hide_existence(principal, e))?;
+            read_person(db, principal, &id).await
+        }
+        .await;
+        result.map(|p| Some(Person(p))).gql(principal)
+    }
+
+    /// Everyone registered, in registration order, a page at a time (administrators and
+    /// auditors only). `first` is 1 to 100 (default 20); `after` is a cursor from a previous page.
+    async fn people(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Person>> {
+        let principal = principal(ctx)?;
+        let db = &app(ctx)?.db;
+        let result = async {
+            access::can_list_people(principal)?;
+            let first = u64::try_from(first.unwrap_or(20)).map_err(|_| {
+                ApiError::BadInput(format!("first must be between 1 and {}", service::MAX_PAGE))
+            })?;
+            let after = after.as_deref().map(decode_cursor).transpose()?;
+            let page = service::list(db, first, after.as_deref()).await?;
+            let mut connection = Connection::new(after.is_some(), page.has_next);
+            connection.edges.extend(
+                page.people
+                    .into_iter()
+                    .map(|p| Edge::new(encode_cursor(&p.id), Person(p))),
+            );
+            Ok(connection)
+        }
+        .await;
+        result.gql(principal)
+    }
+}
+
+fn encode_cursor(person_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("person:{person_id}"))
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<String> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix("person:").map(str::to_owned))
+        .filter(|id| uuid::Uuid::parse_str(id).is_ok())
+        .ok_or_else(|| {
+            ApiError::BadInput(
+                "after is not a cursor this API gave out; use an endCursor from a previous page"
+                    .into(),
+            )
+        })
+}
+
+/// Registry mutations.
+#[derive(Default)]
+pub struct PersonsMutation;
+
+#[Object]
+impl PersonsMutation {
+    /// Registers a person with the identifiers the funds know them by. An identifier already
+    /// linked to someone else is refused with CONFLICT and nothing is written.
+    async fn register_person(
+        &self,
+        ctx: &Context<'_>,
+        input: RegisterPersonInput,
+    ) -> async_graphql::Result<Person> {
+        let principal = principal(ctx)?;
+        let db = &app(ctx)?.db;
+        let result = async {
+            access::can_manage_registry(db, principal, None).await?;
+            service::register(
+                db,
+                principal,
+                NewPerson {
+                    given_name: input.given_name,
+                    family_name: input.family_name,
+                    date_of_birth: input.date_of_birth.0,
+                    identifiers: input
+                        .identifiers
+                        .into_iter()
+                        .map(|i| (i.scheme.into(), i.value))
+                        .collect(),
+                },
+            )
+            .await
+        }
+        .await;
+        result.map(Person).gql(principal)
+    }
+
+    /// Links another identifier to a person. Linking one they already hold changes nothing.
+    async fn link_identifier(
+        &self,
+        ctx: &Context<'_>,
+        person_id: ID,
+        identifier: IdentifierInput,
+    ) -> async_graphql::Result<Person> {
+        let principal = principal(ctx)?;
+        let db = &app(ctx)?.db;
+        let result = async {
+            access::can_manage_registry(db, principal, Some(&person_id)).await?;
+            service::link_identifier(
+                db,
+                principal,
+                &person_id,
+                identifier.scheme.into(),
+                &identifier.value,
+            )
+            .await
+        }
+        .await;
+        result.map(Person).gql(principal)
+    }
+
+    /// Unlinks an identifier from a person.
+    async fn unlink_identifier(
+        &self,
+        ctx: &Context<'_>,
+        person_id: ID,
+        identifier: IdentifierInput,
+    ) -> async_graphql::Result<Person> {
+        let principal = principal(ctx)?;
+        let db = &app(ctx)?.db;
+        let result = async {
+            access::can_manage_registry(db, principal, Some(&person_id)).await?;
+            service::unlink_identifier(
+                db,
+                principal,
+                &person_id,
+                identifier.scheme.into(),
+                &identifier.value,
+            )
+            .await
+        }
+        .await;
+        result.map(Person).gql(principal)
+    }
+}

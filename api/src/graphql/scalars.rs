@@ -1,0 +1,167 @@
+//! The contract's scalars: `Date` ("2026-04-01") and `Decimal` ("1835.43", exactly two places),
+//! and the `Money` type.
+
+use async_graphql::{InputValueError, InputValueResult, Scalar, ScalarType, SimpleObject, Value};
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+
+/// A calendar date, `YYYY-MM-DD`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Date(pub NaiveDate);
+
+/// A calendar date as `YYYY-MM-DD`, e.g. "2026-04-01".
+#[Scalar(name = "Date")]
+impl ScalarType for Date {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        let Value::String(text) = &value else {
+            return Err(InputValueError::custom(
+                "a Date is a string of the form YYYY-MM-DD, e.g. \"2026-04-01\"",
+            ));
+        };
+        let valid_shape = text.len() == 10
+            && text.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                _ => b.is_ascii_digit(),
+            });
+        let parsed = valid_shape
+            .then(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
+            .flatten();
+        parsed.map(Date).ok_or_else(|| {
+            InputValueError::custom(
+                "not a real date: a Date is YYYY-MM-DD with a month 01-12 and a day that month has, e.g. \"2026-04-01\"",
+            )
+        })
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.format("%Y-%m-%d").to_string())
+    }
+}
+
+/// An exact amount in pounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Decimal2(pub Decimal);
+
+/// An exact decimal amount, sent and received as a string with two decimal places, e.g.
+/// "1835.43". Never a floating-point number.
+#[Scalar(name = "Decimal")]
+impl ScalarType for Decimal2 {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        let Value::String(text) = &value else {
+            return Err(InputValueError::custom(
+                "a Decimal is a string such as \"412.50\", never a JSON number (numbers lose pennies)",
+            ));
+        };
+        let trimmed = text.trim();
+        let well_formed = !trimmed.is_empty()
+            && trimmed
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+            && trimmed.matches('.').count() <= 1
+            && trimmed
+                .split('.')
+                .nth(1)
+                .is_none_or(|places| !places.is_empty() && places.len() <= 2);
+        let parsed = well_formed
+            .then(|| trimmed.parse::<Decimal>().ok())
+            .flatten();
+        parsed.map(Decimal2).ok_or_else(|| {
+            InputValueError::custom(
+                "a Decimal is a string of digits with at most two decimal places, e.g. \"412.50\"",
+            )
+        })
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(format_pounds(self.0))
+    }
+}
+
+/// Formats an amount with exactly two decimal places, rounding half-to-even if it has more.
+pub fn format_pounds(amount: Decimal) -> String {
+    let mut rounded =
+        amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointNearestEven);
+    rounded.rescale(2);
+    rounded.to_string()
+}
+
+/// An amount of money.
+#[derive(Clone, Debug, SimpleObject)]
+pub struct Money {
+    /// The amount, exactly two decimal places.
+    pub amount: Decimal2,
+    /// Always "GBP".
+    pub currency: String,
+}
+
+impl Money {
+    /// Pounds sterling.
+    pub fn gbp(amount: Decimal) -> Self {
+        Self {
+            amount: Decimal2(amount),
+            currency: "GBP".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::prelude::FromStr;
+
+    fn parse_date(s: &str) -> Option<NaiveDate> {
+        <Date as ScalarType>::parse(Value::String(s.into()))
+            .ok()
+            .map(|d| d.0)
+    }
+
+    #[test]
+    fn dates_parse_strictly() {
+        assert_eq!(
+            parse_date("2026-04-01"),
+            NaiveDate::from_ymd_opt(2026, 4, 1)
+        );
+        assert_eq!(
+            parse_date("2024-02-29"),
+            NaiveDate::from_ymd_opt(2024, 2, 29)
+        );
+        for bad in [
+            "2026-4-1",
+            "2026-02-30",
+            "2025-02-29",
+            "01/04/2026",
+            "2026-13-01",
+            "20260401",
+            " 2026-04-01",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn decimals_always_show_two_places() {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        assert_eq!(format_pounds(d("1835.4")), "1835.40");
+        assert_eq!(format_pounds(d("0")), "0.00");
+        assert_eq!(format_pounds(d("21508.925")), "21508.92");
+        assert_eq!(format_pounds(d("21508.935")), "21508.94");
+    }
+
+    #[test]
+    fn decimal_input_refuses_numbers_and_extra_places() {
+        let parse = |v: Value| {
+            <Decimal2 as ScalarType>::parse(v)
+                .ok()
+                .map(|d| d.0.to_string())
+        };
+        assert_eq!(
+            parse(Value::String("412.50".into())).as_deref(),
+            Some("412.50")
+        );
+        assert_eq!(parse(Value::String("12".into())).as_deref(), Some("12"));
+        assert_eq!(parse(Value::String("1.234".into())), None);
+        assert_eq!(parse(Value::String("1,250.00".into())), None);
+        assert_eq!(parse(Value::String("1.".into())), None);
+        assert_eq!(parse(Value::Number(12.into())), None);
+    }
+}

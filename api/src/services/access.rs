@@ -1,0 +1,94 @@
+//! Who may do what: the one place the hub decides access to personal data.
+
+use chrono::Utc;
+use entities::consent;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, ApiResult};
+
+/// Refuses an agency or auditor read that does not state its purpose.
+fn require_purpose(principal: &Principal) -> ApiResult<()> {
+    if matches!(principal.role, Role::Agency | Role::Auditor) && principal.purpose.is_none() {
+        return Err(ApiError::BadInput(
+            "state why you are reading this record in the Tributary-Purpose header".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the caller may read this person's registry record (names, date of birth,
+/// identifiers).
+pub async fn can_read_person(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    person_id: &str,
+) -> ApiResult<()> {
+    require_purpose(principal)?;
+    let allowed = match principal.role {
+        Role::Person | Role::Portal => principal.sub == person_id,
+        Role::Representative => principal.acts_for.iter().any(|p| p == person_id),
+        Role::Admin | Role::Auditor => true,
+        Role::Agency => has_active_consent(db, principal, person_id).await?,
+    };
+    if allowed { Ok(()) } else { Err(forbidden()) }
+}
+
+/// Whether the caller may register people and link or unlink their identifiers.
+pub async fn can_manage_registry(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    person_id: Option<&str>,
+) -> ApiResult<()> {
+    match (principal.role, person_id) {
+        (Role::Admin, _) => Ok(()),
+        (Role::Agency, None) => require_purpose(principal),
+        (Role::Agency, Some(id)) => {
+            require_purpose(principal)?;
+            if has_active_consent(db, principal, id).await? {
+                Ok(())
+            } else {
+                Err(forbidden())
+            }
+        }
+        _ => Err(ApiError::Forbidden(format!(
+            "a {} token cannot change the person registry",
+            principal.role
+        ))),
+    }
+}
+
+/// Whether the caller may list everyone registered.
+pub fn can_list_people(principal: &Principal) -> ApiResult<()> {
+    require_purpose(principal)?;
+    match principal.role {
+        Role::Admin | Role::Auditor => Ok(()),
+        other => Err(ApiError::Forbidden(format!(
+            "a {other} token cannot list every registered person"
+        ))),
+    }
+}
+
+fn forbidden() -> ApiError {
+    ApiError::Forbidden("you are not allowed to see this person's record".into())
+}
+
+async fn has_active_consent(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    person_id: &str,
+) -> ApiResult<bool> {
+    let Some(agency) = principal.agency.as_deref() else {
+        return Ok(false);
+    };
+    let today = Utc::now().date_naive();
+    let consents = consent::Entity::find()
+        .filter(consent::Column::PersonId.eq(person_id))
+        .filter(consent::Column::Agency.eq(agency))
+        .filter(consent::Column::RevokedAt.is_null())
+        .all(db)
+        .await?;
+    Ok(consents
+        .iter()
+        .any(|c| c.until.is_none_or(|until| until >= today)))
+}

@@ -1,0 +1,5 @@
+//! The hub's services: plain async functions over the store, knowing nothing of GraphQL.
+//! Every write runs in one transaction with its audit event.
+
+pub mod access;
+pub mod persons;

@@ -1,0 +1,457 @@
+//! The person registry: one hub person carrying the identifiers each fund knows them by.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use connectors::IdentifierScheme;
+use entities::{person, person_identifier};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait, ModelTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+};
+use serde_json::json;
+
+use crate::audit::{self, NewEvent};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+
+/// A registered person with their identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonRecord {
+    /// The hub person id.
+    pub id: String,
+    /// Given name.
+    pub given_name: String,
+    /// Family name.
+    pub family_name: String,
+    /// Date of birth.
+    pub date_of_birth: NaiveDate,
+    /// Bumped by every change to the record or its identifiers.
+    pub version: i32,
+    /// The identifiers linked to this person, in scheme then value order.
+    pub identifiers: Vec<IdentifierRecord>,
+}
+
+/// One linked identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifierRecord {
+    /// Its scheme.
+    pub scheme: IdentifierScheme,
+    /// Its normalised value.
+    pub value: String,
+    /// Who linked it (the token subject).
+    pub linked_by: String,
+    /// When.
+    pub linked_at: DateTime<Utc>,
+}
+
+/// A person to register.
+#[derive(Debug, Clone)]
+pub struct NewPerson {
+    /// Given name.
+    pub given_name: String,
+    /// Family name.
+    pub family_name: String,
+    /// Date of birth.
+    pub date_of_birth: NaiveDate,
+    /// Identifiers as given (validated and normalised here).
+    pub identifiers: Vec<(IdentifierScheme, String)>,
+}
+
+/// One page of people.
+#[derive(Debug, Clone)]
+pub struct PeoplePage {
+    /// The people, in registration order.
+    pub people: Vec<PersonRecord>,
+    /// Whether more follow.
+    pub has_next: bool,
+}
+
+/// The most people one page may hold.
+pub const MAX_PAGE: u64 = 100;
+
+fn normalise(scheme: IdentifierScheme, raw: &str) -> ApiResult<String> {
+    scheme
+        .normalise(raw)
+        .map_err(|e| ApiError::BadInput(format!("{}: {e}", scheme.as_str())))
+}
+
+fn clean_name(field: &str, raw: &str) -> ApiResult<String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(ApiError::BadInput(format!("{field} must not be empty")));
+    }
+    if name.chars().count() > 200 {
+        return Err(ApiError::BadInput(format!(
+            "{field} must be at most 200 characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::BadInput(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+fn check_date_of_birth(dob: NaiveDate) -> ApiResult<()> {
+    let earliest = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or(NaiveDate::MIN);
+    if dob > Utc::now().date_naive() {
+        return Err(ApiError::BadInput(
+            "dateOfBirth must not be in the future".into(),
+        ));
+    }
+    if dob < earliest {
+        return Err(ApiError::BadInput(
+            "dateOfBirth must be 1900-01-01 or later".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn conflict_linked(scheme: IdentifierScheme) -> ApiError {
+    ApiError::Conflict(format!(
+        "this {} is already linked to another person; unlink it there first if it was linked in error",
+        scheme.label()
+    ))
+}
+
+/// Maps a unique-index violation on identifiers (a concurrent link won the race) to CONFLICT.
+fn map_identifier_insert(error: DbErr, scheme: IdentifierScheme) -> ApiError {
+    match error.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => conflict_linked(scheme),
+        _ => error.into(),
+    }
+}
+
+fn parse_person_id(id: &str) -> ApiResult<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::NotFound(format!("no person has the id '{}'", truncate(id))))
+}
+
+/// Ids are not personal data, but an arbitrary input echoed back is kept short.
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Registers a person with their identifiers, all or nothing.
+pub async fn register(
+    db: &DatabaseConnection,
+    actor: &Principal,
+    input: NewPerson,
+) -> ApiResult<PersonRecord> {
+    let given_name = clean_name("givenName", &input.given_name)?;
+    let family_name = clean_name("familyName", &input.family_name)?;
+    check_date_of_birth(input.date_of_birth)?;
+    let mut identifiers: Vec<(IdentifierScheme, String)> = Vec::new();
+    for (scheme, raw) in &input.identifiers {
+        let value = normalise(*scheme, raw)?;
+        if identifiers.iter().any(|(s, v)| s == scheme && *v == value) {
+            return Err(ApiError::BadInput(format!(
+                "the same {} is given twice",
+                scheme.label()
+            )));
+        }
+        if scheme.one_per_person() && identifiers.iter().any(|(s, _)| s == scheme) {
+            return Err(ApiError::BadInput(format!(
+                "a person has at most one {}; two were given",
+                scheme.label()
+            )));
+        }
+        identifiers.push((*scheme, value));
+    }
+
+    let txn = audit::begin_write(db).await?;
+    for (scheme, value) in &identifiers {
+        if find_identifier(&txn, *scheme, value).await?.is_some() {
+            return Err(conflict_linked(*scheme));
+        }
+    }
+    let now = Utc::now();
+    let id = uuid::Uuid::now_v7().to_string();
+    person::ActiveModel {
+        id: Set(id.clone()),
+        given_name: Set(given_name),
+        family_name: Set(family_name),
+        date_of_birth: Set(input.date_of_birth),
+        version: Set(1),
+        created_by: Set(actor.sub.clone()),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    for (scheme, value) in &identifiers {
+        insert_identifier(&txn, actor, &id, *scheme, value, now).await?;
+    }
+    let schemes: Vec<&str> = identifiers.iter().map(|(s, _)| s.as_str()).collect();
+    audit::append(
+        &txn,
+        actor,
+        NewEvent {
+            action: "person.registered",
+            person_id: Some(&id),
+            detail: json!({ "identifierSchemes": schemes }),
+        },
+    )
+    .await?;
+    let record = load(&txn, &id).await?;
+    txn.commit().await?;
+    record.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("registered person vanished")))
+}
+
+async fn find_identifier(
+    db: &impl ConnectionTrait,
+    scheme: IdentifierScheme,
+    value: &str,
+) -> ApiResult<Option<person_identifier::Model>> {
+    Ok(person_identifier::Entity::find()
+        .filter(person_identifier::Column::Scheme.eq(scheme.as_str()))
+        .filter(person_identifier::Column::Value.eq(value))
+        .one(db)
+        .await?)
+}
+
+async fn insert_identifier(
+    db: &impl ConnectionTrait,
+    actor: &Principal,
+    person_id: &str,
+    scheme: IdentifierScheme,
+    value: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    person_identifier::ActiveModel {
+        id: Set(uuid::Uuid::now_v7().to_string()),
+        person_id: Set(person_id.to_owned()),
+        scheme: Set(scheme.as_str().to_owned()),
+        value: Set(value.to_owned()),
+        linked_by: Set(actor.sub.clone()),
+        linked_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .map_err(|e| map_identifier_insert(e, scheme))?;
+    Ok(())
+}
+
+fn to_identifier(row: person_identifier::Model) -> ApiResult<IdentifierRecord> {
+    let scheme = row.scheme.parse::<IdentifierScheme>().map_err(|_| {
+        ApiError::Internal(anyhow::anyhow!("stored identifier has an unknown scheme"))
+    })?;
+    Ok(IdentifierRecord {
+        scheme,
+        value: row.value,
+        linked_by: row.linked_by,
+        linked_at: row.linked_at,
+    })
+}
+
+fn to_record(row: person::Model, identifiers: Vec<IdentifierRecord>) -> PersonRecord {
+    let mut identifiers = identifiers;
+    identifiers.sort_by(|a, b| (a.scheme, &a.value).cmp(&(b.scheme, &b.value)));
+    PersonRecord {
+        id: row.id,
+        given_name: row.given_name,
+        family_name: row.family_name,
+        date_of_birth: row.date_of_birth,
+        version: row.version,
+        identifiers,
+    }
+}
+
+async fn load(db: &impl ConnectionTrait, id: &str) -> ApiResult<Option<PersonRecord>> {
+    let Some(row) = person::Entity::find_by_id(id.to_owned()).one(db).await? else {
+        return Ok(None);
+    };
+    let identifiers = row
+        .find_related(person_identifier::Entity)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(to_identifier)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Some(to_record(row, identifiers)))
+}
+
+/// A person by hub id; NOT_FOUND when there is none.
+pub async fn get(db: &impl ConnectionTrait, id: &str) -> ApiResult<PersonRecord> {
+    let id = parse_person_id(id)?;
+    load(db, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no person has the id '{id}'")))
+}
+
+/// The hub person id holding an identifier; NOT_FOUND when nobody does.
+pub async fn find_by_identifier(
+    db: &impl ConnectionTrait,
+    scheme: IdentifierScheme,
+    raw: &str,
+) -> ApiResult<String> {
+    let value = normalise(scheme, raw)?;
+    find_identifier(db, scheme, &value)
+        .await?
+        .map(|row| row.person_id)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no person is registered with this {}",
+                scheme.label()
+            ))
+        })
+}
+
+/// Links an identifier to a person. Linking one the person already holds changes nothing.
+pub async fn link_identifier(
+    db: &DatabaseConnection,
+    actor: &Principal,
+    person_id: &str,
+    scheme: IdentifierScheme,
+    raw: &str,
+) -> ApiResult<PersonRecord> {
+    let person_id = parse_person_id(person_id)?;
+    let value = normalise(scheme, raw)?;
+    let txn = audit::begin_write(db).await?;
+    let Some(person_row) = person::Entity::find_by_id(person_id.clone())
+        .one(&txn)
+        .await?
+    else {
+        return Err(ApiError::NotFound(format!(
+            "no person has the id '{person_id}'"
+        )));
+    };
+    if let Some(existing) = find_identifier(&txn, scheme, &value).await? {
+        if existing.person_id == person_id {
+            txn.rollback().await?;
+            return get(db, &person_id).await;
+        }
+        return Err(conflict_linked(scheme));
+    }
+    if scheme.one_per_person() {
+        let held = person_identifier::Entity::find()
+            .filter(person_identifier::Column::PersonId.eq(&person_id))
+            .filter(person_identifier::Column::Scheme.eq(scheme.as_str()))
+            .one(&txn)
+            .await?;
+        if held.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "this person already has a {} linked; unlink it before linking another",
+                scheme.label()
+            )));
+        }
+    }
+    let now = Utc::now();
+    insert_identifier(&txn, actor, &person_id, scheme, &value, now).await?;
+    bump_version(&txn, person_row, now).await?;
+    audit::append(
+        &txn,
+        actor,
+        NewEvent {
+            action: "identifier.linked",
+            person_id: Some(&person_id),
+            detail: json!({ "scheme": scheme.as_str() }),
+        },
+    )
+    .await?;
+    let record = load(&txn, &person_id).await?;
+    txn.commit().await?;
+    record.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("linked person vanished")))
+}
+
+/// Unlinks an identifier from a person.
+pub async fn unlink_identifier(
+    db: &DatabaseConnection,
+    actor: &Principal,
+    person_id: &str,
+    scheme: IdentifierScheme,
+    raw: &str,
+) -> ApiResult<PersonRecord> {
+    let person_id = parse_person_id(person_id)?;
+    let value = normalise(scheme, raw)?;
+    let txn = audit::begin_write(db).await?;
+    let Some(person_row) = person::Entity::find_by_id(person_id.clone())
+        .one(&txn)
+        .await?
+    else {
+        return Err(ApiError::NotFound(format!(
+            "no person has the id '{person_id}'"
+        )));
+    };
+    let existing = find_identifier(&txn, scheme, &value)
+        .await?
+        .filter(|row| row.person_id == person_id)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("this person has no such {} linked", scheme.label()))
+        })?;
+    existing.delete(&txn).await?;
+    let now = Utc::now();
+    bump_version(&txn, person_row, now).await?;
+    audit::append(
+        &txn,
+        actor,
+        NewEvent {
+            action: "identifier.unlinked",
+            person_id: Some(&person_id),
+            detail: json!({ "scheme": scheme.as_str() }),
+        },
+    )
+    .await?;
+    let record = load(&txn, &person_id).await?;
+    txn.commit().await?;
+    record.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("unlinked person vanished")))
+}
+
+async fn bump_version(
+    db: &impl ConnectionTrait,
+    row: person::Model,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let version = row.version + 1;
+    let mut active: person::ActiveModel = row.into();
+    active.version = Set(version);
+    active.updated_at = Set(now);
+    active.update(db).await?;
+    Ok(())
+}
+
+/// One page of people in registration order, after the person id `after`.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    first: u64,
+    after: Option<&str>,
+) -> ApiResult<PeoplePage> {
+    if !(1..=MAX_PAGE).contains(&first) {
+        return Err(ApiError::BadInput(format!(
+            "first must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let mut query = person::Entity::find().order_by_asc(person::Column::Id);
+    if let Some(after) = after {
+        query = query.filter(person::Column::Id.gt(after));
+    }
+    let mut rows = query.limit(first + 1).all(db).await?;
+    let has_next = rows.len() as u64 > first;
+    rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let mut by_person: HashMap<String, Vec<IdentifierRecord>> = HashMap::new();
+    if !ids.is_empty() {
+        for row in person_identifier::Entity::find()
+            .filter(person_identifier::Column::PersonId.is_in(ids))
+            .all(db)
+            .await?
+        {
+            let person_id = row.person_id.clone();
+            by_person
+                .entry(person_id)
+                .or_default()
+                .push(to_identifier(row)?);
+        }
+    }
+    let people = rows
+        .into_iter()
+        .map(|row| {
+            let identifiers = by_person.remove(&row.id).unwrap_or_default();
+            to_record(row, identifiers)
+        })
+        .collect();
+    Ok(PeoplePage { people, has_next })
+}

@@ -1,0 +1,258 @@
+//! How a connector is configured: the `[[connector]]` tables of the hub's config file.
+//!
+//! Configuration is plain, validated data kept apart from a connector's runtime state (its HTTP
+//! client, breaker). Secrets are never in the file: it names the environment variable holding them.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::identifiers::IdentifierScheme;
+
+/// A funding stream's id as the API shows it, e.g. `la-social-care`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamId(pub String);
+
+impl StreamId {
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which partner interface a connector speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorKind {
+    /// The council's adult social care personal budgets API.
+    LaSocialCare,
+    /// The Independent Living Fund's nightly CSV extract.
+    Ilf,
+    /// The Access to Work grants API.
+    AccessToWork,
+    /// The health board's personal health budgets API.
+    Phb,
+    /// Any other stream, described by configuration alone.
+    GenericRest,
+}
+
+impl ConnectorKind {
+    /// The kind's config name, e.g. `la_social_care`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LaSocialCare => "la_social_care",
+            Self::Ilf => "ilf",
+            Self::AccessToWork => "access_to_work",
+            Self::Phb => "phb",
+            Self::GenericRest => "generic_rest",
+        }
+    }
+
+    /// The stream's name when the configuration gives none.
+    pub fn default_name(self) -> &'static str {
+        match self {
+            Self::LaSocialCare => "Adult social care personal budget",
+            Self::Ilf => "Independent Living Fund",
+            Self::AccessToWork => "Access to Work",
+            Self::Phb => "NHS personal health budget",
+            Self::GenericRest => "Other funding stream",
+        }
+    }
+
+    /// The identifier schemes the partner can find a person by, in order of preference.
+    pub fn lookup_schemes(self) -> &'static [IdentifierScheme] {
+        match self {
+            Self::LaSocialCare => &[
+                IdentifierScheme::CouncilClientId,
+                IdentifierScheme::NhsNumber,
+            ],
+            Self::Ilf | Self::AccessToWork => &[IdentifierScheme::Nino],
+            Self::Phb => &[IdentifierScheme::NhsNumber],
+            Self::GenericRest => &[],
+        }
+    }
+}
+
+/// One `[[connector]]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorSettings {
+    /// The stream id seen in the API.
+    pub id: StreamId,
+    /// Which partner interface it speaks.
+    pub kind: ConnectorKind,
+    /// A display name; defaults to the kind's.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The partner's base URL; tests point it at a sandbox.
+    pub base_url: String,
+    /// The environment variable holding a bearer token, for partners that use one.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// The environment variable holding an API key, for partners that use one.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Live sources: a snapshot younger than this is served without asking the partner.
+    #[serde(default = "default_cache_ttl_secs")]
+    pub cache_ttl_secs: u64,
+    /// Bulk sources: how often the extract is polled.
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// A stream's own yearly cap (Access to Work's), in pounds.
+    #[serde(default)]
+    pub yearly_cap: Option<Decimal>,
+    /// How long one request to the partner may take.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_cache_ttl_secs() -> u64 {
+    60
+}
+
+fn default_refresh_secs() -> u64 {
+    3600
+}
+
+fn default_timeout_ms() -> u64 {
+    5000
+}
+
+/// A configuration problem, naming the connector and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("connector '{id}': {key} {problem}")]
+pub struct SettingsError {
+    /// The connector's id (or its position when the id itself is bad).
+    pub id: String,
+    /// The offending key.
+    pub key: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl ConnectorSettings {
+    /// The display name.
+    pub fn display_name(&self) -> &str {
+        self.name
+            .as_deref()
+            .unwrap_or_else(|| self.kind.default_name())
+    }
+
+    /// Checks what serde cannot: a usable id and base URL, and the secrets each kind needs.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let err = |key: &'static str, problem: String| SettingsError {
+            id: self.id.0.clone(),
+            key,
+            problem,
+        };
+        let id_ok = !self.id.0.is_empty()
+            && self.id.0.len() <= 64
+            && self
+                .id
+                .0
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !id_ok {
+            return Err(err(
+                "id",
+                "must be 1 to 64 characters of lower-case letters, digits, '-' or '_'".into(),
+            ));
+        }
+        let url_ok = (self.base_url.starts_with("http://")
+            || self.base_url.starts_with("https://"))
+            && self.base_url.len() > "http://".len();
+        if !url_ok {
+            return Err(err(
+                "base_url",
+                "must be an http:// or https:// URL, e.g. http://127.0.0.1:9101".into(),
+            ));
+        }
+        match self.kind {
+            ConnectorKind::LaSocialCare | ConnectorKind::Phb if self.token_env.is_none() => {
+                return Err(err(
+                    "token_env",
+                    "is required for this kind: name the environment variable holding the partner's bearer token".into(),
+                ));
+            }
+            ConnectorKind::AccessToWork if self.api_key_env.is_none() => {
+                return Err(err(
+                    "api_key_env",
+                    "is required for access_to_work: name the environment variable holding the API key".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(cap) = self.yearly_cap
+            && cap.is_sign_negative()
+        {
+            return Err(err("yearly_cap", "must not be negative".into()));
+        }
+        if self.timeout_ms == 0 {
+            return Err(err("timeout_ms", "must be more than 0".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(kind: ConnectorKind) -> ConnectorSettings {
+        ConnectorSettings {
+            id: StreamId("la-social-care".into()),
+            kind,
+            name: None,
+            base_url: "http://127.0.0.1:9101".into(),
+            token_env: Some("LA_TOKEN".into()),
+            api_key_env: None,
+            cache_ttl_secs: 60,
+            refresh_secs: 3600,
+            yearly_cap: None,
+            timeout_ms: 5000,
+        }
+    }
+
+    #[test]
+    fn a_council_connector_without_a_token_variable_is_refused_naming_the_key() {
+        let mut s = settings(ConnectorKind::LaSocialCare);
+        s.token_env = None;
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "token_env");
+        assert!(
+            e.to_string()
+                .contains("connector 'la-social-care': token_env")
+        );
+    }
+
+    #[test]
+    fn a_base_url_without_a_scheme_is_refused() {
+        let mut s = settings(ConnectorKind::Phb);
+        s.base_url = "127.0.0.1:9104".into();
+        assert_eq!(s.validate().unwrap_err().key, "base_url");
+    }
+
+    #[test]
+    fn upper_case_stream_ids_are_refused() {
+        let mut s = settings(ConnectorKind::Phb);
+        s.id = StreamId("PHB".into());
+        assert_eq!(s.validate().unwrap_err().key, "id");
+    }
+
+    #[test]
+    fn a_good_connector_passes() {
+        assert!(settings(ConnectorKind::LaSocialCare).validate().is_ok());
+        assert_eq!(
+            settings(ConnectorKind::Ilf).display_name(),
+            "Independent Living Fund"
+        );
+    }
+}
