@@ -1,1 +1,12 @@
+//! End-to-end tests: one binary, so the workspace links once.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+mod auth;
+mod registry;
+mod schema;

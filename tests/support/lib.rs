@@ -1,1 +1,275 @@
-//! support
+//! Test support: the real server on a free port over a fresh database, with typed helpers.
+//!
+//! Each test gets its own store: a temporary SQLite file, or a new UUID-named PostgreSQL
+//! database on the server at `TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`).
+//! PostgreSQL tests fail, rather than skip, when no server answers: `scripts/test.sh` starts one.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support fails loudly"
+)]
+
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tributary::Application;
+use tributary::auth::{Authenticator, Role, TokenIssuer};
+use tributary::config::Settings;
+
+/// Which store a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A temporary SQLite file.
+    Sqlite,
+    /// A fresh database on the test PostgreSQL server.
+    Postgres,
+}
+
+/// A running hub for one test.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    /// The server's store, for checking what was (not) written.
+    pub db: DatabaseConnection,
+    /// The HTTP client.
+    pub client: reqwest::Client,
+    issuer: TokenIssuer,
+    _dir: tempfile::TempDir,
+}
+
+/// A GraphQL response.
+#[derive(Debug, Clone)]
+pub struct GqlResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl GqlResponse {
+    /// `data`, failing the test if there were errors.
+    pub fn data(&self) -> &Value {
+        assert!(
+            self.body.get("errors").is_none(),
+            "unexpected errors: {}",
+            self.body
+        );
+        &self.body["data"]
+    }
+
+    /// The first error's `extensions.code`.
+    pub fn code(&self) -> Option<&str> {
+        self.body["errors"][0]["extensions"]["code"].as_str()
+    }
+
+    /// The first error's message.
+    pub fn message(&self) -> &str {
+        self.body["errors"][0]["message"].as_str().unwrap_or("")
+    }
+}
+
+/// The PostgreSQL server tests use.
+pub fn postgres_base_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// A fresh, empty database URL on `backend`.
+pub async fn fresh_database(backend: Backend, dir: &tempfile::TempDir) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}/hub.db?mode=rwc", dir.path().display()),
+        Backend::Postgres => {
+            let base = postgres_base_url();
+            let admin = Database::connect(format!("{base}/postgres"))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("PostgreSQL is not reachable at {base} ({e}); run scripts/test.sh, which starts it, or set TEST_POSTGRES_URL")
+                });
+            let name = format!("tributary_test_{}", uuid::Uuid::new_v4().simple());
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .expect("create a test database");
+            admin.close().await.ok();
+            format!("{base}/{name}")
+        }
+    }
+}
+
+/// Starts the real server on a free port over a fresh, migrated database.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// As [`spawn_app`], with the settings adjusted first.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        tributary::telemetry::init(false);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.database.url = fresh_database(backend, &dir).await;
+    settings.database.max_connections = 8;
+    settings.connectors = tributary::demo::demo_connectors();
+    adjust(&mut settings);
+    let secret = SecretString::from(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let issuer = TokenIssuer::hs256(&settings.auth, &secret);
+    let auth = Authenticator::hs256(&settings.auth, &secret);
+    let app = Application::build(settings, auth)
+        .await
+        .expect("the application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let db = app.db().clone();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        db,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        issuer,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// A token for `sub` in `role`.
+    pub fn token(&self, sub: &str, role: Role) -> String {
+        self.issuer.issue(sub, role, Vec::new(), None, 600).unwrap()
+    }
+
+    /// An administrator's token.
+    pub fn admin(&self) -> String {
+        self.token("test-admin", Role::Admin)
+    }
+
+    /// An agency token for `agency`.
+    pub fn agency(&self, agency: &str) -> String {
+        self.issuer
+            .issue(
+                "test-worker",
+                Role::Agency,
+                Vec::new(),
+                Some(agency.into()),
+                600,
+            )
+            .unwrap()
+    }
+
+    /// A representative acting for `people`.
+    pub fn representative(&self, people: &[&str]) -> String {
+        self.issuer
+            .issue(
+                "test-rep",
+                Role::Representative,
+                people.iter().map(|p| (*p).to_owned()).collect(),
+                None,
+                600,
+            )
+            .unwrap()
+    }
+
+    /// Sends a GraphQL request with a token and optional purpose.
+    pub async fn gql_as(
+        &self,
+        token: Option<&str>,
+        purpose: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> GqlResponse {
+        let mut request = self
+            .client
+            .post(format!("{}/graphql", self.address))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(purpose) = purpose {
+            request = request.header("Tributary-Purpose", purpose);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.expect("a JSON body");
+        GqlResponse { status, body }
+    }
+
+    /// Sends a GraphQL request as an administrator.
+    pub async fn gql(&self, query: &str, variables: Value) -> GqlResponse {
+        self.gql_as(Some(&self.admin()), None, query, variables)
+            .await
+    }
+
+    /// Registers a person and returns their id.
+    pub async fn register(
+        &self,
+        given: &str,
+        family: &str,
+        dob: &str,
+        identifiers: Value,
+    ) -> String {
+        let response = self
+            .gql(
+                REGISTER,
+                json!({ "input": {
+                    "givenName": given, "familyName": family, "dateOfBirth": dob,
+                    "identifiers": identifiers
+                }}),
+            )
+            .await;
+        response.data()["registerPerson"]["id"]
+            .as_str()
+            .expect("an id")
+            .to_owned()
+    }
+
+    /// Counts rows in a table.
+    pub async fn count(&self, table: &str) -> i64 {
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM {table}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    }
+}
+
+/// The registerPerson mutation, returning the fields tests check.
+pub const REGISTER: &str = "mutation($input: RegisterPersonInput!) {
+  registerPerson(input: $input) { id givenName familyName dateOfBirth version identifiers { scheme value linkedBy } }
+}";
+
+/// Runs a test body on SQLite and on PostgreSQL, as two tests named `<name>::sqlite` and
+/// `<name>::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::Backend::Sqlite).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            }
+        )+
+    };
+}
