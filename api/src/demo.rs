@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use connectors::{ConnectorKind, ConnectorSettings, IdentifierScheme, StreamId};
+use connectors::{ConnectorKind, ConnectorSettings, IdentifierScheme};
 use sandboxes::world::{DEMO_SEED, World};
 use secrecy::SecretString;
 
@@ -40,19 +40,14 @@ pub struct Demo {
 
 /// The four partner streams as the demo configures them.
 pub fn demo_connectors() -> Vec<ConnectorSettings> {
-    let connector = |id: &str, kind, port: u16| ConnectorSettings {
-        id: StreamId(id.into()),
-        kind,
-        name: None,
-        base_url: format!("http://127.0.0.1:{port}"),
-        token_env: matches!(kind, ConnectorKind::LaSocialCare | ConnectorKind::Phb)
-            .then(|| format!("{}_TOKEN", id.to_uppercase().replace('-', "_"))),
-        api_key_env: (kind == ConnectorKind::AccessToWork).then(|| "ATW_KEY".into()),
-        cache_ttl_secs: 60,
-        refresh_secs: 3600,
-        yearly_cap: (kind == ConnectorKind::AccessToWork)
-            .then(|| rust_decimal::Decimal::new(6_926_000, 2)),
-        timeout_ms: 5000,
+    let connector = |id: &str, kind, port: u16| {
+        let mut s = ConnectorSettings::new(id, kind, &format!("http://127.0.0.1:{port}"));
+        s.token_env = matches!(kind, ConnectorKind::LaSocialCare | ConnectorKind::Phb)
+            .then(|| format!("{}_TOKEN", id.to_uppercase().replace('-', "_")));
+        s.api_key_env = (kind == ConnectorKind::AccessToWork).then(|| "ATW_KEY".into());
+        s.yearly_cap =
+            (kind == ConnectorKind::AccessToWork).then(|| rust_decimal::Decimal::new(6_926_000, 2));
+        s
     };
     vec![
         connector("la-social-care", ConnectorKind::LaSocialCare, 9101),

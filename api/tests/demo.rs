@@ -1,7 +1,5 @@
 //! `tributary demo` from a clean folder with no set-up: it starts, loads people and answers.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
-
 use std::process::Stdio;
 use std::time::Duration;
 

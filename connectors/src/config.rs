@@ -112,6 +112,37 @@ pub struct ConnectorSettings {
     /// How long one request to the partner may take.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// How long one fetch may spend in all, retries and their waits included.
+    #[serde(default = "default_retry_budget_ms")]
+    pub retry_budget_ms: u64,
+    /// The most attempts one fetch makes.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: usize,
+    /// The most requests in flight to this partner at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Consecutive failures that open the circuit breaker.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// How long an open breaker refuses calls before one probe.
+    #[serde(default = "default_breaker_cool_down_ms")]
+    pub breaker_cool_down_ms: u64,
+    /// How old a stored snapshot may be before it is reported SOURCE_STALE when served.
+    #[serde(default = "default_freshness_secs")]
+    pub freshness_secs: u64,
+    /// generic_rest: the path after base_url, with `{value}` where the identifier goes.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// generic_rest: which identifier the partner knows the person by.
+    #[serde(default)]
+    pub identifier_scheme: Option<IdentifierScheme>,
+    /// generic_rest: the header carrying the key from `api_key_env` (default `Authorization:
+    /// Bearer` with `token_env`).
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    /// generic_rest: where each field is in the partner's JSON.
+    #[serde(default)]
+    pub mapping: Option<crate::generic::Mapping>,
 }
 
 fn default_cache_ttl_secs() -> u64 {
@@ -124,6 +155,58 @@ fn default_refresh_secs() -> u64 {
 
 fn default_timeout_ms() -> u64 {
     5000
+}
+
+fn default_retry_budget_ms() -> u64 {
+    8000
+}
+
+fn default_max_attempts() -> usize {
+    3
+}
+
+fn default_max_concurrency() -> usize {
+    16
+}
+
+fn default_breaker_threshold() -> u32 {
+    5
+}
+
+fn default_breaker_cool_down_ms() -> u64 {
+    10_000
+}
+
+fn default_freshness_secs() -> u64 {
+    24 * 3600
+}
+
+impl ConnectorSettings {
+    /// Settings for `kind` at `base_url` with every optional key at its default.
+    pub fn new(id: &str, kind: ConnectorKind, base_url: &str) -> Self {
+        Self {
+            id: StreamId(id.to_owned()),
+            kind,
+            name: None,
+            base_url: base_url.to_owned(),
+            token_env: None,
+            api_key_env: None,
+            cache_ttl_secs: default_cache_ttl_secs(),
+            refresh_secs: default_refresh_secs(),
+            yearly_cap: None,
+            timeout_ms: default_timeout_ms(),
+            retry_budget_ms: default_retry_budget_ms(),
+            max_attempts: default_max_attempts(),
+            max_concurrency: default_max_concurrency(),
+            breaker_threshold: default_breaker_threshold(),
+            breaker_cool_down_ms: default_breaker_cool_down_ms(),
+            freshness_secs: default_freshness_secs(),
+            path: None,
+            identifier_scheme: None,
+            auth_header: None,
+            mapping: None,
+        }
+    }
 }
 
 /// A configuration problem, naming the connector and the key.
@@ -198,6 +281,41 @@ impl ConnectorSettings {
         if self.timeout_ms == 0 {
             return Err(err("timeout_ms", "must be more than 0".into()));
         }
+        if self.max_concurrency == 0 {
+            return Err(err("max_concurrency", "must be at least 1".into()));
+        }
+        if self.kind == ConnectorKind::GenericRest {
+            match &self.path {
+                Some(path) if path.starts_with('/') && path.contains("{value}") => {}
+                _ => {
+                    return Err(err(
+                        "path",
+                        "is required for generic_rest: a path starting with '/' holding {value} where the identifier goes, e.g. /api/people/{value}/grants".into(),
+                    ));
+                }
+            }
+            if self.identifier_scheme.is_none() {
+                return Err(err(
+                    "identifier_scheme",
+                    "is required for generic_rest: NHS_NUMBER, NINO, COUNCIL_CLIENT_ID or ILF_REFERENCE".into(),
+                ));
+            }
+            let Some(mapping) = &self.mapping else {
+                return Err(err(
+                    "mapping",
+                    "is required for generic_rest: where the awards and each field are in the partner's JSON".into(),
+                ));
+            };
+            mapping
+                .validate()
+                .map_err(|problem| err("mapping", problem))?;
+            if self.auth_header.is_some() && self.api_key_env.is_none() {
+                return Err(err(
+                    "api_key_env",
+                    "is required when auth_header is set: name the variable holding the key".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -207,18 +325,9 @@ mod tests {
     use super::*;
 
     fn settings(kind: ConnectorKind) -> ConnectorSettings {
-        ConnectorSettings {
-            id: StreamId("la-social-care".into()),
-            kind,
-            name: None,
-            base_url: "http://127.0.0.1:9101".into(),
-            token_env: Some("LA_TOKEN".into()),
-            api_key_env: None,
-            cache_ttl_secs: 60,
-            refresh_secs: 3600,
-            yearly_cap: None,
-            timeout_ms: 5000,
-        }
+        let mut s = ConnectorSettings::new("la-social-care", kind, "http://127.0.0.1:9101");
+        s.token_env = Some("LA_TOKEN".into());
+        s
     }
 
     #[test]

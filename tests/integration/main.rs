@@ -1,11 +1,6 @@
 //! End-to-end tests: one binary, so the workspace links once.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests fail loudly"
-)]
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
 mod auth;
 mod registry;

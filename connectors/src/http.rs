@@ -1,0 +1,224 @@
+//! Calling a partner over HTTP, with the protections every connector shares: a timeout per
+//! attempt, bounded retries with jittered exponential backoff inside a retry budget,
+//! `Retry-After` honoured, a circuit breaker, and a concurrency limit.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::StatusCode;
+use reqwest::header::{ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::config::ConnectorSettings;
+use crate::error::ConnectorError;
+
+/// How the partner wants the hub to authenticate.
+#[derive(Clone, Debug)]
+pub enum PartnerAuth {
+    /// No credentials.
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(SecretString),
+    /// A named header carrying a key, e.g. `X-Api-Key`.
+    Header(HeaderName, SecretString),
+}
+
+/// A partner's answer to a GET.
+#[derive(Debug)]
+pub enum Answer {
+    /// 200 with a body.
+    Body {
+        /// The body.
+        bytes: bytes::Bytes,
+        /// The ETag, if sent.
+        etag: Option<String>,
+    },
+    /// 404: the partner does not know the subject.
+    NotFound(bytes::Bytes),
+    /// 304: unchanged since the ETag given.
+    NotModified,
+}
+
+/// One partner's HTTP endpoint and its protections.
+#[derive(Debug)]
+pub struct Partner {
+    client: reqwest::Client,
+    base_url: String,
+    auth: PartnerAuth,
+    timeout: Duration,
+    retry_budget: Duration,
+    max_attempts: usize,
+    breaker: Breaker,
+    permits: Semaphore,
+}
+
+impl Partner {
+    /// A partner as configured.
+    pub fn new(settings: &ConnectorSettings, auth: PartnerAuth) -> Result<Self, ConnectorError> {
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(settings.max_concurrency)
+            .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConnectorError::Misconfigured(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            auth,
+            timeout,
+            retry_budget: Duration::from_millis(settings.retry_budget_ms),
+            max_attempts: settings.max_attempts.max(1),
+            breaker: Breaker::new(
+                settings.breaker_threshold,
+                Duration::from_millis(settings.breaker_cool_down_ms),
+            ),
+            permits: Semaphore::new(settings.max_concurrency.max(1)),
+        })
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// The per-attempt timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn headers(&self, if_none_match: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        match &self.auth {
+            PartnerAuth::None => {}
+            PartnerAuth::Bearer(token) => {
+                if let Ok(value) =
+                    HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+                {
+                    headers.insert(reqwest::header::AUTHORIZATION, value);
+                }
+            }
+            PartnerAuth::Header(name, key) => {
+                if let Ok(value) = HeaderValue::from_str(key.expose_secret()) {
+                    headers.insert(name.clone(), value);
+                }
+            }
+        }
+        if let Some(tag) = if_none_match
+            && let Ok(value) = HeaderValue::from_str(tag)
+        {
+            headers.insert(IF_NONE_MATCH, value);
+        }
+        headers
+    }
+
+    /// GETs `path` (after the base URL), retrying what is worth retrying within the budget.
+    pub async fn get(
+        &self,
+        path: &str,
+        if_none_match: Option<&str>,
+    ) -> Result<Answer, ConnectorError> {
+        if !self.breaker.allow() {
+            return Err(ConnectorError::CircuitOpen);
+        }
+        let _permit =
+            self.permits.acquire().await.map_err(|_| {
+                ConnectorError::Unavailable("the connector is shutting down".into())
+            })?;
+        let deadline = Instant::now() + self.retry_budget;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(self.max_attempts.saturating_sub(1))
+            .with_jitter()
+            .build();
+        let url = format!("{}{}", self.base_url, path);
+        loop {
+            let outcome = self.attempt(&url, if_none_match).await;
+            let (error, retry_after) = match outcome {
+                Attempt::Done(answer) => {
+                    self.breaker.success();
+                    return Ok(answer);
+                }
+                Attempt::Fatal(error) => {
+                    self.breaker.failure();
+                    return Err(error);
+                }
+                Attempt::Retry(error, retry_after) => (error, retry_after),
+            };
+            let Some(backoff) = delays.next() else {
+                self.breaker.failure();
+                return Err(error);
+            };
+            let wait = retry_after.map_or(backoff, |after| after.max(backoff));
+            if Instant::now() + wait > deadline {
+                self.breaker.failure();
+                return Err(error);
+            }
+            tracing::debug!(?wait, %error, "retrying the partner");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(&self, url: &str, if_none_match: Option<&str>) -> Attempt {
+        let request = self.client.get(url).headers(self.headers(if_none_match));
+        let result = tokio::time::timeout(self.timeout, async {
+            let response = request.send().await?;
+            let status = response.status();
+            let etag = response
+                .headers()
+                .get(ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let bytes = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, etag, retry_after, bytes))
+        })
+        .await;
+        match result {
+            Err(_) => Attempt::Retry(ConnectorError::Timeout(self.timeout), None),
+            Ok(Err(e)) => Attempt::Retry(
+                ConnectorError::Unavailable(if e.is_connect() {
+                    "connection refused or failed".into()
+                } else if e.is_body() || e.is_decode() {
+                    "the answer was cut off".into()
+                } else {
+                    "the request failed".into()
+                }),
+                None,
+            ),
+            Ok(Ok((status, etag, retry_after, bytes))) => match status {
+                StatusCode::OK => Attempt::Done(Answer::Body { bytes, etag }),
+                StatusCode::NOT_MODIFIED => Attempt::Done(Answer::NotModified),
+                StatusCode::NOT_FOUND => Attempt::Done(Answer::NotFound(bytes)),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    Attempt::Fatal(ConnectorError::Unauthorized)
+                }
+                StatusCode::TOO_MANY_REQUESTS => {
+                    Attempt::Retry(ConnectorError::RateLimited { retry_after }, retry_after)
+                }
+                s if s.is_server_error() => Attempt::Retry(
+                    ConnectorError::Unavailable(format!("HTTP {}", s.as_u16())),
+                    None,
+                ),
+                s => Attempt::Fatal(ConnectorError::Malformed(format!(
+                    "unexpected HTTP status {}",
+                    s.as_u16()
+                ))),
+            },
+        }
+    }
+}
+
+enum Attempt {
+    Done(Answer),
+    Retry(ConnectorError, Option<Duration>),
+    Fatal(ConnectorError),
+}
