@@ -38,6 +38,12 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         people: usize,
     },
+    /// Refresh every registered person from every connector now (and every bulk extract).
+    Sync {
+        /// How many people to refresh at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
     /// Work with the audit log.
     Audit {
         /// What to do with it.

@@ -5,7 +5,10 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use connectors::{ConnectorKind, ConnectorSettings, IdentifierScheme};
+use std::sync::Arc;
+
+use connectors::{ConnectorKind, ConnectorSettings, IdentifierScheme, Secrets};
+use sandboxes::Sandboxes;
 use sandboxes::world::{DEMO_SEED, World};
 use secrecy::SecretString;
 
@@ -36,29 +39,44 @@ pub struct Demo {
     pub tokens: Vec<(Role, String)>,
     /// How many people were registered.
     pub people: usize,
+    /// The partner sandboxes it talks to.
+    pub sandboxes: Sandboxes,
 }
 
-/// The four partner streams as the demo configures them.
-pub fn demo_connectors() -> Vec<ConnectorSettings> {
-    let connector = |id: &str, kind, port: u16| {
-        let mut s = ConnectorSettings::new(id, kind, &format!("http://127.0.0.1:{port}"));
-        s.token_env = matches!(kind, ConnectorKind::LaSocialCare | ConnectorKind::Phb)
-            .then(|| format!("{}_TOKEN", id.to_uppercase().replace('-', "_")));
-        s.api_key_env = (kind == ConnectorKind::AccessToWork).then(|| "ATW_KEY".into());
-        s.yearly_cap =
-            (kind == ConnectorKind::AccessToWork).then(|| rust_decimal::Decimal::new(6_926_000, 2));
-        s
-    };
-    vec![
-        connector("la-social-care", ConnectorKind::LaSocialCare, 9101),
-        connector("ilf", ConnectorKind::Ilf, 9102),
-        connector("access-to-work", ConnectorKind::AccessToWork, 9103),
-        connector("phb", ConnectorKind::Phb, 9104),
-    ]
+/// The four partner streams, configured against sandboxes at these base URLs (council, ILF,
+/// Access to Work, health board).
+pub fn demo_connectors(urls: [String; 4]) -> Vec<ConnectorSettings> {
+    let [council, ilf, atw, phb] = urls;
+    let mut council_s =
+        ConnectorSettings::new("la-social-care", ConnectorKind::LaSocialCare, &council);
+    council_s.token_env = Some("LA_TOKEN".into());
+    let ilf_s = ConnectorSettings::new("ilf", ConnectorKind::Ilf, &ilf);
+    let mut atw_s = ConnectorSettings::new("access-to-work", ConnectorKind::AccessToWork, &atw);
+    atw_s.api_key_env = Some("ATW_KEY".into());
+    atw_s.yearly_cap = Some(rust_decimal::Decimal::new(6_926_000, 2));
+    let mut phb_s = ConnectorSettings::new("phb", ConnectorKind::Phb, &phb);
+    phb_s.token_env = Some("PHB_TOKEN".into());
+    vec![council_s, ilf_s, atw_s, phb_s]
+}
+
+/// The credentials the sandboxes accept, under the variable names `demo_connectors` uses.
+pub fn sandbox_secrets() -> Secrets {
+    Secrets::from_env()
+        .with("LA_TOKEN", sandboxes::servers::LA_TOKEN)
+        .with("PHB_TOKEN", sandboxes::servers::PHB_TOKEN)
+        .with("ATW_KEY", sandboxes::servers::ATW_KEY)
+}
+
+/// The sandboxes' base URLs in the order `demo_connectors` takes them.
+pub fn sandbox_urls(sandboxes: &Sandboxes) -> [String; 4] {
+    sandboxes.all().map(|s| s.url())
 }
 
 /// Prepares the store, loads the people and binds the server.
 pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
+    let world = Arc::new(World::generate(DEMO_SEED, options.people));
+    let sandboxes =
+        Sandboxes::start(world.clone()).context("failed to start the partner sandboxes")?;
     let mut settings = match &options.config {
         Some(path) => Settings::load(Some(path))?,
         None => {
@@ -78,7 +96,7 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
             }
             let mut s = Settings::default();
             s.database.url = format!("sqlite://{}?mode=rwc", file.display());
-            s.connectors = demo_connectors();
+            s.connectors = demo_connectors(sandbox_urls(&sandboxes));
             s
         }
     };
@@ -111,7 +129,6 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
         purpose: Some("loading the demo's synthetic people".into()),
         request_id: uuid::Uuid::new_v4().to_string(),
     };
-    let world = World::generate(DEMO_SEED, options.people);
     let mut ids = Vec::with_capacity(world.people.len());
     for person in &world.people {
         let mut identifiers = vec![
@@ -166,11 +183,12 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
         tokens.push((role, token));
     }
     let people = ids.len();
-    let app = Application::with_database(settings, auth, db)?;
+    let app = Application::with_database(settings, auth, &sandbox_secrets(), db).await?;
     Ok(Demo {
         app,
         tokens,
         people,
+        sandboxes,
     })
 }
 
@@ -186,6 +204,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     )?;
     writeln!(out, "GraphQL:  http://127.0.0.1:{port}/graphql")?;
     writeln!(out, "GraphiQL: http://127.0.0.1:{port}/graphiql")?;
+    for sandbox in demo.sandboxes.all() {
+        writeln!(out, "Sandbox {:?}: {}", sandbox.partner, sandbox.url())?;
+    }
     writeln!(out)?;
     writeln!(
         out,
@@ -203,6 +224,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     writeln!(
         out,
         "  {{ fundingStreams {{ id name }} personByIdentifier(scheme: NHS_NUMBER, value: \"943 476 5919\") {{ id givenName identifiers {{ scheme value }} }} }}"
+    )?;
+    writeln!(out, "and with the person token:")?;
+    writeln!(
+        out,
+        "  {{ personByIdentifier(scheme: NHS_NUMBER, value: \"9434765919\") {{ superBudget(financialYear: \"2026-27\") {{ gross {{ amount }} net {{ amount }} streams {{ stream {{ id }} status gross {{ amount }} }} warnings {{ code message }} }} }} }}"
     )?;
     writeln!(out, "Stop with Ctrl-C.")?;
     out.flush()?;

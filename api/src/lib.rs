@@ -18,3 +18,4 @@ pub mod startup;
 pub mod telemetry;
 
 pub use startup::Application;
+pub mod budget;

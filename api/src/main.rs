@@ -4,10 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use connectors::{Registry, Secrets};
+use indicatif::{ProgressBar, ProgressStyle};
 use tributary::audit::{self, ChainStatus};
 use tributary::auth::Authenticator;
 use tributary::cli::{AuditCommand, Cli, Command};
 use tributary::config::Settings;
+use tributary::services::sync;
 use tributary::{Application, db, demo, graphql, telemetry};
 
 fn main() -> ExitCode {
@@ -58,10 +61,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .hs256_secret()?
                 .context("auth.hs256_secret_env must name the variable holding the HS256 secret")?;
             let auth = Authenticator::hs256(&settings.auth, &secret);
-            let app = Application::build(settings, auth).await?;
+            let app = Application::build(settings, auth, &Secrets::from_env()).await?;
             tracing::info!(port = app.port(), "serving GraphQL at /graphql");
             app.run_until_stopped().await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync { concurrency } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let conn = db::connect(&settings.database).await?;
+            db::migrate(&conn).await?;
+            let registry = Registry::build(&settings.connectors, &Secrets::from_env())
+                .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} people ({per_sec}, {eta} left)")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let progress = |done: u64, total: u64| {
+                bar.set_length(total);
+                bar.set_position(done);
+            };
+            let report = sync::run(&conn, &registry, concurrency, &progress)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            bar.finish_and_clear();
+            for (stream, outcome) in &report.extracts {
+                println!("extract {stream}: {outcome:?}");
+            }
+            println!(
+                "people {}: fetched {}, unchanged {}, rejected {}, failed {}",
+                report.people, report.fetched, report.unchanged, report.rejected, report.failed
+            );
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
         Command::Migrate => {
             let settings = Settings::load(cli.config.as_deref())?;

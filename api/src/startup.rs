@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::http::header;
@@ -9,12 +10,14 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use async_graphql::http::GraphiQLSource;
 use async_graphql_actix_web::GraphQLRequest;
+use connectors::{Registry, Secrets, Shape};
 use sea_orm::DatabaseConnection;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::graphql::{AppContext, TributarySchema, build_schema};
+use crate::services::bulk::sync_extract;
 
 /// The header an agency or auditor states its purpose in.
 pub const PURPOSE_HEADER: &str = "Tributary-Purpose";
@@ -30,6 +33,7 @@ pub struct Application {
     port: u16,
     server: Server,
     db: DatabaseConnection,
+    registry: Arc<Registry>,
 }
 
 impl std::fmt::Debug for Application {
@@ -41,19 +45,41 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Connects to and migrates the store, then binds the server (port 0 picks a free port).
-    pub async fn build(settings: Settings, auth: Authenticator) -> anyhow::Result<Self> {
-        let db = crate::db::connect(&settings.database).await?;
-        crate::db::migrate(&db).await?;
-        Self::with_database(settings, auth, db)
-    }
-
-    /// Binds the server over an already migrated store.
-    pub fn with_database(
+    /// Connects to and migrates the store, builds the connectors, loads bulk extracts, then
+    /// binds the server (port 0 picks a free port).
+    pub async fn build(
         settings: Settings,
         auth: Authenticator,
+        secrets: &Secrets,
+    ) -> anyhow::Result<Self> {
+        let db = crate::db::connect(&settings.database).await?;
+        crate::db::migrate(&db).await?;
+        Self::with_database(settings, auth, secrets, db).await
+    }
+
+    /// As [`Application::build`], over an already migrated store.
+    pub async fn with_database(
+        settings: Settings,
+        auth: Authenticator,
+        secrets: &Secrets,
         db: DatabaseConnection,
     ) -> anyhow::Result<Self> {
+        let registry = Arc::new(
+            Registry::build(&settings.connectors, secrets)
+                .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?,
+        );
+        // Bulk sources are loaded before the first request, so a look-up never waits on a
+        // download; a partner that is down now is retried by the refresher.
+        for connector in registry.all().filter(|c| c.shape() == Shape::Bulk) {
+            match sync_extract(&db, connector.as_ref()).await {
+                Ok(outcome) => {
+                    tracing::info!(stream = %connector.settings().id, ?outcome, "extract at start-up")
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %connector.settings().id, error = %e, "extract at start-up failed")
+                }
+            }
+        }
         let listener = TcpListener::bind(&settings.server.bind)
             .with_context(|| format!("failed to bind server.bind = {}", settings.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -62,6 +88,7 @@ impl Application {
             AppContext {
                 db: db.clone(),
                 connectors: settings.connectors.clone(),
+                registry: registry.clone(),
             },
             dev,
         );
@@ -85,7 +112,17 @@ impl Application {
         .workers(2)
         .listen(listener)?
         .run();
-        Ok(Self { port, server, db })
+        Ok(Self {
+            port,
+            server,
+            db,
+            registry,
+        })
+    }
+
+    /// The connectors.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// The port the server listens on.
@@ -98,9 +135,28 @@ impl Application {
         &self.db
     }
 
-    /// Serves until the process is stopped.
+    /// Serves until the process is stopped, refreshing bulk extracts at their intervals.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let mut refreshers = Vec::new();
+        for connector in self.registry.all().filter(|c| c.shape() == Shape::Bulk) {
+            let (db, connector) = (self.db.clone(), connector.clone());
+            let every = Duration::from_secs(connector.settings().refresh_secs.max(1));
+            refreshers.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                ticker.tick().await;
+                loop {
+                    ticker.tick().await;
+                    if let Err(e) = sync_extract(&db, connector.as_ref()).await {
+                        tracing::warn!(stream = %connector.settings().id, error = %e, "extract refresh failed");
+                    }
+                }
+            }));
+        }
+        let result = self.server.await;
+        for refresher in refreshers {
+            refresher.abort();
+        }
+        result
     }
 }
 

@@ -8,3 +8,6 @@
 pub mod world;
 
 pub use world::{SyntheticPerson, World};
+pub mod servers;
+
+pub use servers::{Fault, Faults, Sandbox, Sandboxes};

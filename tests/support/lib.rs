@@ -11,7 +11,11 @@
     reason = "test support fails loudly"
 )]
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use sandboxes::Sandboxes;
+use sandboxes::world::{DEMO_SEED, World};
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use secrecy::SecretString;
@@ -38,6 +42,10 @@ pub struct TestApp {
     /// The HTTP client.
     pub client: reqwest::Client,
     issuer: TokenIssuer,
+    /// The synthetic world the sandboxes serve.
+    pub world: Arc<World>,
+    /// The partner sandboxes, with their fault switches.
+    pub sandboxes: Sandboxes,
     _dir: tempfile::TempDir,
 }
 
@@ -117,7 +125,10 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
     settings.server.bind = "127.0.0.1:0".into();
     settings.database.url = fresh_database(backend, &dir).await;
     settings.database.max_connections = 8;
-    settings.connectors = tributary::demo::demo_connectors();
+    let world = Arc::new(World::generate(DEMO_SEED, 60));
+    let sandboxes = Sandboxes::start(world.clone()).expect("the sandboxes start");
+    settings.connectors =
+        tributary::demo::demo_connectors(tributary::demo::sandbox_urls(&sandboxes));
     adjust(&mut settings);
     let secret = SecretString::from(format!(
         "{}{}",
@@ -126,7 +137,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
     ));
     let issuer = TokenIssuer::hs256(&settings.auth, &secret);
     let auth = Authenticator::hs256(&settings.auth, &secret);
-    let app = Application::build(settings, auth)
+    let app = Application::build(settings, auth, &tributary::demo::sandbox_secrets())
         .await
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -140,6 +151,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
             .build()
             .unwrap(),
         issuer,
+        world,
+        sandboxes,
         _dir: dir,
     }
 }

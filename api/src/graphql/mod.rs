@@ -1,6 +1,7 @@
 //! The GraphQL schema: one module per domain, merged, with resolvers that only translate
 //! between GraphQL types and the services.
 
+pub mod budget;
 pub mod persons;
 pub mod scalars;
 pub mod streams;
@@ -19,6 +20,8 @@ pub struct AppContext {
     pub db: DatabaseConnection,
     /// The configured funding streams.
     pub connectors: Vec<ConnectorSettings>,
+    /// The connectors built from them.
+    pub registry: std::sync::Arc<connectors::Registry>,
 }
 
 /// The root query.

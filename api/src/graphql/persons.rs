@@ -6,11 +6,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::SecondsFormat;
 
+use super::budget::SuperBudget;
 use super::scalars::Date;
 use super::{GqlResult, app, principal};
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::services::access;
+use crate::services::budget as budget_service;
 use crate::services::persons::{self as service, IdentifierRecord, NewPerson, PersonRecord};
 
 /// The schemes a person can be known by.
@@ -77,6 +79,29 @@ impl Person {
     /// Bumped by every change to the record or its identifiers.
     async fn version(&self) -> i32 {
         self.0.version
+    }
+    /// The combined budget across every stream the caller may see, in one window: a financial
+    /// year ("2026-27"), or from and to; by default the current financial year.
+    async fn super_budget(
+        &self,
+        ctx: &Context<'_>,
+        financial_year: Option<String>,
+        from: Option<Date>,
+        to: Option<Date>,
+    ) -> async_graphql::Result<SuperBudget> {
+        let principal = principal(ctx)?;
+        let app = app(ctx)?;
+        let result = async {
+            let window = budget_service::resolve_window(
+                financial_year.as_deref(),
+                from.map(|d| d.0),
+                to.map(|d| d.0),
+                chrono::Utc::now().date_naive(),
+            )?;
+            budget_service::super_budget(&app.db, &app.registry, principal, &self.0, window).await
+        }
+        .await;
+        result.map(SuperBudget).gql(principal)
     }
 }
 

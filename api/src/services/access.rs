@@ -92,3 +92,43 @@ async fn has_active_consent(
         .iter()
         .any(|c| c.until.is_none_or(|until| until >= today)))
 }
+
+/// Which streams of a person's budget the caller may see: `None` for all of them, or the
+/// stream ids an agency's active consents cover. Administrators run the hub but do not read
+/// budget contents.
+pub async fn budget_scope(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    person_id: &str,
+) -> ApiResult<Option<Vec<String>>> {
+    match principal.role {
+        Role::Person | Role::Portal | Role::Representative | Role::Auditor => Ok(None),
+        Role::Admin => Err(ApiError::Forbidden(
+            "administrators manage connectors and people, not budget contents".into(),
+        )),
+        Role::Agency => {
+            let Some(agency) = principal.agency.as_deref() else {
+                return Err(forbidden());
+            };
+            let today = Utc::now().date_naive();
+            let mut streams: Vec<String> = Vec::new();
+            for consent in consent::Entity::find()
+                .filter(consent::Column::PersonId.eq(person_id))
+                .filter(consent::Column::Agency.eq(agency))
+                .filter(consent::Column::RevokedAt.is_null())
+                .all(db)
+                .await?
+                .into_iter()
+                .filter(|c| c.until.is_none_or(|until| until >= today))
+            {
+                let ids: Vec<String> = serde_json::from_str(&consent.streams).map_err(|e| {
+                    ApiError::internal(e, "a stored consent's streams cannot be read")
+                })?;
+                streams.extend(ids);
+            }
+            streams.sort();
+            streams.dedup();
+            Ok(Some(streams))
+        }
+    }
+}

@@ -2,4 +2,8 @@
 //! Every write runs in one transaction with its audit event.
 
 pub mod access;
+pub mod budget;
+pub mod bulk;
 pub mod persons;
+pub mod sources;
+pub mod sync;

@@ -455,3 +455,34 @@ pub async fn list(
         .collect();
     Ok(PeoplePage { people, has_next })
 }
+
+/// Every registered person's identifiers, for a sync.
+pub async fn all_identifiers(
+    db: &impl ConnectionTrait,
+) -> ApiResult<Vec<Vec<(IdentifierScheme, String)>>> {
+    let mut by_person: std::collections::BTreeMap<String, Vec<(IdentifierScheme, String)>> =
+        person::Entity::find()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|p| (p.id, Vec::new()))
+            .collect();
+    for row in person_identifier::Entity::find().all(db).await? {
+        let id = row.person_id.clone();
+        let identifier = to_identifier(row)?;
+        if let Some(list) = by_person.get_mut(&id) {
+            list.push((identifier.scheme, identifier.value));
+        }
+    }
+    Ok(by_person.into_values().collect())
+}
+
+impl PersonRecord {
+    /// The identifiers as connectors take them.
+    pub fn identifier_pairs(&self) -> Vec<(IdentifierScheme, String)> {
+        self.identifiers
+            .iter()
+            .map(|i| (i.scheme, i.value.clone()))
+            .collect()
+    }
+}

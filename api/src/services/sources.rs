@@ -1,0 +1,359 @@
+//! The snapshot store between the connectors and the budget: every good fetch is stored, so a
+//! partner that is down degrades its own stream to STALE (or UNAVAILABLE with nothing stored),
+//! never the whole view. A person's connectors are asked concurrently, so a view waits for the
+//! slowest partner, bounded by its timeout, never for the sum of them.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use connectors::{Connector, IdentifierScheme, PersonRecords, Registry, Rejected, Shape, Subject};
+use entities::{bulk_extract, bulk_record, rejected_record, upstream_snapshot};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    TransactionTrait,
+};
+use sha2::{Digest, Sha256};
+
+use crate::budget::assemble::{SourceMeta, SourceStatus, StreamInput};
+use crate::error::{ApiError, ApiResult};
+
+/// What a fresh fetch did to the stored snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// The records differ from what was stored (or nothing was).
+    Changed,
+    /// The same records as last time.
+    Unchanged,
+}
+
+/// SHA-256 of the canonical JSON of some records.
+pub fn content_hash(json: &str) -> String {
+    hex::encode(Sha256::digest(json.as_bytes()))
+}
+
+fn records_json(records: &PersonRecords) -> ApiResult<String> {
+    serde_json::to_string(records).map_err(|e| ApiError::internal(e, "serialising fetched records"))
+}
+
+/// Stores a good fetch as the subject's snapshot (one row per connector and subject, replaced
+/// whole), with its rejected records kept aside.
+pub async fn store_snapshot(
+    db: &DatabaseConnection,
+    connector: &str,
+    records: &PersonRecords,
+) -> ApiResult<(SourceMeta, Stored)> {
+    let json = records_json(records)?;
+    let hash = content_hash(&json);
+    let now = Utc::now();
+    let previous = upstream_snapshot::Entity::find()
+        .filter(upstream_snapshot::Column::Connector.eq(connector))
+        .filter(upstream_snapshot::Column::SubjectKey.eq(&records.subject_key))
+        .one(db)
+        .await?;
+    let stored = match &previous {
+        Some(p) if p.content_hash == hash => Stored::Unchanged,
+        _ => Stored::Changed,
+    };
+    let txn = db.begin().await?;
+    upstream_snapshot::Entity::insert(upstream_snapshot::ActiveModel {
+        id: Set(uuid::Uuid::now_v7().to_string()),
+        connector: Set(connector.to_owned()),
+        subject_key: Set(records.subject_key.clone()),
+        version: Set(records.version.clone()),
+        content_hash: Set(hash.clone()),
+        records: Set(json),
+        fetched_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::columns([
+            upstream_snapshot::Column::Connector,
+            upstream_snapshot::Column::SubjectKey,
+        ])
+        .update_columns([
+            upstream_snapshot::Column::Version,
+            upstream_snapshot::Column::ContentHash,
+            upstream_snapshot::Column::Records,
+            upstream_snapshot::Column::FetchedAt,
+        ])
+        .to_owned(),
+    )
+    .exec(&txn)
+    .await?;
+    if stored == Stored::Changed {
+        replace_rejected(
+            &txn,
+            connector,
+            Some(&records.subject_key),
+            &records.rejected,
+            now,
+        )
+        .await?;
+    }
+    txn.commit().await?;
+    Ok((
+        SourceMeta {
+            connector: connector.to_owned(),
+            version: records.version.clone(),
+            fetched_at: now,
+            content_hash: hash,
+        },
+        stored,
+    ))
+}
+
+/// Replaces the rejected records kept for one subject (or, with `None`, for a whole bulk
+/// extract) with `rejected`.
+pub async fn replace_rejected(
+    db: &impl ConnectionTrait,
+    connector: &str,
+    subject_key: Option<&str>,
+    rejected: &[Rejected],
+    at: DateTime<Utc>,
+) -> ApiResult<()> {
+    let mut delete = rejected_record::Entity::delete_many()
+        .filter(rejected_record::Column::Connector.eq(connector));
+    delete = match subject_key {
+        Some(key) => delete.filter(rejected_record::Column::SubjectKey.eq(key)),
+        None => delete,
+    };
+    delete.exec(db).await?;
+    let rows: Vec<rejected_record::ActiveModel> = rejected
+        .iter()
+        .map(|r| rejected_record::ActiveModel {
+            id: Set(uuid::Uuid::now_v7().to_string()),
+            connector: Set(connector.to_owned()),
+            subject_key: Set(r
+                .subject_key
+                .clone()
+                .or_else(|| subject_key.map(str::to_owned))),
+            upstream_id: Set(r.upstream_id.clone()),
+            line_number: Set(r.line.and_then(|l| i64::try_from(l).ok())),
+            reason: Set(r.reason.clone()),
+            raw: Set(r.raw.clone()),
+            fetched_at: Set(at),
+        })
+        .collect();
+    for chunk in rows.chunks(500) {
+        rejected_record::Entity::insert_many(chunk.to_vec())
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn load_snapshot(
+    db: &DatabaseConnection,
+    connector: &str,
+    subject_key: &str,
+) -> ApiResult<Option<(PersonRecords, SourceMeta)>> {
+    let Some(row) = upstream_snapshot::Entity::find()
+        .filter(upstream_snapshot::Column::Connector.eq(connector))
+        .filter(upstream_snapshot::Column::SubjectKey.eq(subject_key))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let records: PersonRecords = serde_json::from_str(&row.records)
+        .map_err(|e| ApiError::internal(e, "a stored snapshot cannot be read"))?;
+    Ok(Some((
+        records,
+        SourceMeta {
+            connector: connector.to_owned(),
+            version: row.version,
+            fetched_at: row.fetched_at,
+            content_hash: row.content_hash,
+        },
+    )))
+}
+
+fn input(connector: &dyn Connector, status: SourceStatus) -> StreamInput {
+    let settings = connector.settings();
+    StreamInput {
+        id: settings.id.0.clone(),
+        name: settings.display_name().to_owned(),
+        kind: settings.kind.as_str().to_owned(),
+        status,
+        source: None,
+        records: None,
+        rejected: Vec::new(),
+        yearly_cap: settings.yearly_cap,
+        problem: None,
+    }
+}
+
+fn with_records(mut stream: StreamInput, records: PersonRecords, meta: SourceMeta) -> StreamInput {
+    stream.rejected = records.rejected.clone();
+    stream.records = Some(records);
+    stream.source = Some(meta);
+    stream
+}
+
+/// One live stream for one person: a young snapshot is served as it is; otherwise the partner
+/// is asked, and if it fails the last snapshot is served STALE.
+async fn live(
+    db: &DatabaseConnection,
+    connector: &dyn Connector,
+    subject: &Subject,
+) -> ApiResult<StreamInput> {
+    let id = connector.settings().id.0.clone();
+    let key = subject.key();
+    let snapshot = load_snapshot(db, &id, &key).await?;
+    let ttl = chrono::Duration::seconds(
+        i64::try_from(connector.settings().cache_ttl_secs).unwrap_or(i64::MAX / 2),
+    );
+    if let Some((records, meta)) = &snapshot
+        && ttl > chrono::Duration::zero()
+        && Utc::now() - meta.fetched_at < ttl
+    {
+        return Ok(with_records(
+            input(connector, SourceStatus::Fresh),
+            records.clone(),
+            meta.clone(),
+        ));
+    }
+    match connector.fetch(subject).await {
+        Ok(records) => {
+            let (meta, _) = store_snapshot(db, &id, &records).await?;
+            Ok(with_records(
+                input(connector, SourceStatus::Fresh),
+                records,
+                meta,
+            ))
+        }
+        Err(error) => {
+            tracing::warn!(stream = %id, error = %error, "partner fetch failed");
+            match snapshot {
+                Some((records, meta)) => {
+                    let mut stream =
+                        with_records(input(connector, SourceStatus::Stale), records, meta);
+                    stream.problem = Some(error.to_string());
+                    Ok(stream)
+                }
+                None => {
+                    let mut stream = input(connector, SourceStatus::Unavailable);
+                    stream.problem = Some(error.to_string());
+                    Ok(stream)
+                }
+            }
+        }
+    }
+}
+
+/// One bulk stream for one person: read from the loaded extract, never downloaded per query.
+async fn bulk(
+    db: &DatabaseConnection,
+    connector: &dyn Connector,
+    subject: &Subject,
+) -> ApiResult<StreamInput> {
+    let id = connector.settings().id.0.clone();
+    let key = subject.key();
+    let Some(extract) = bulk_extract::Entity::find()
+        .filter(bulk_extract::Column::Connector.eq(&id))
+        .filter(bulk_extract::Column::Current.eq(true))
+        .one(db)
+        .await?
+    else {
+        let mut stream = input(connector, SourceStatus::Unavailable);
+        stream.problem = Some("its extract has not been loaded yet".into());
+        return Ok(stream);
+    };
+    let rows = bulk_record::Entity::find()
+        .filter(bulk_record::Column::ExtractId.eq(&extract.id))
+        .filter(bulk_record::Column::SubjectKey.eq(&key))
+        .all(db)
+        .await?;
+    let mut awards = Vec::with_capacity(rows.len());
+    for row in rows {
+        awards.push(
+            serde_json::from_str(&row.record)
+                .map_err(|e| ApiError::internal(e, "a stored extract record cannot be read"))?,
+        );
+    }
+    let rejected = rejected_record::Entity::find()
+        .filter(rejected_record::Column::Connector.eq(&id))
+        .filter(rejected_record::Column::SubjectKey.eq(&key))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|r| Rejected {
+            upstream_id: r.upstream_id,
+            subject_key: r.subject_key,
+            line: r.line_number.and_then(|l| u64::try_from(l).ok()),
+            reason: r.reason,
+            raw: r.raw,
+        })
+        .collect();
+    let records = PersonRecords {
+        subject_key: key,
+        version: extract.etag.clone(),
+        awards,
+        payments: Vec::new(),
+        rejected,
+        ambiguities: Vec::new(),
+    };
+    let freshness = chrono::Duration::seconds(
+        i64::try_from(connector.settings().freshness_secs).unwrap_or(i64::MAX / 2),
+    );
+    let stale = Utc::now() - extract.loaded_at > freshness;
+    let meta = SourceMeta {
+        connector: id,
+        version: extract.etag,
+        fetched_at: extract.loaded_at,
+        content_hash: extract.content_hash,
+    };
+    let mut stream = with_records(
+        input(
+            connector,
+            if stale {
+                SourceStatus::Stale
+            } else {
+                SourceStatus::Fresh
+            },
+        ),
+        records,
+        meta,
+    );
+    if stale {
+        stream.problem = Some("its last extract is older than the stream's freshness limit".into());
+    }
+    Ok(stream)
+}
+
+/// Every stream the person is known to, gathered concurrently, in configuration order.
+/// `allowed` limits which streams are asked at all (an agency's consented streams).
+pub async fn gather(
+    db: &DatabaseConnection,
+    registry: &Registry,
+    identifiers: &[(IdentifierScheme, String)],
+    allowed: Option<&[String]>,
+) -> ApiResult<Vec<StreamInput>> {
+    let tasks = registry
+        .all()
+        .filter(|c| allowed.is_none_or(|ids| ids.iter().any(|id| id == c.settings().id.as_str())))
+        .filter_map(|connector| {
+            let subject = connector.subject(identifiers)?;
+            Some(async move {
+                match connector.shape() {
+                    Shape::Live => live(db, connector.as_ref(), &subject).await,
+                    Shape::Bulk => bulk(db, connector.as_ref(), &subject).await,
+                }
+            })
+        });
+    futures::future::join_all(tasks).await.into_iter().collect()
+}
+
+/// Snapshot content hashes by subject key, for a sync to tell changed from unchanged.
+pub async fn snapshot_hashes(
+    db: &DatabaseConnection,
+    connector: &str,
+) -> ApiResult<HashMap<String, String>> {
+    Ok(upstream_snapshot::Entity::find()
+        .filter(upstream_snapshot::Column::Connector.eq(connector))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|s| (s.subject_key, s.content_hash))
+        .collect())
+}
