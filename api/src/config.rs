@@ -161,6 +161,13 @@ impl Settings {
         Self::from_figment(figment.merge(env_overrides()))
     }
 
+    /// Reads settings from TOML text (no environment overrides), then validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(text)),
+        )
+    }
+
     /// Extracts and validates settings from a prepared figment.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let settings: Settings = figment.extract().map_err(Box::new)?;

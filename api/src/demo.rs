@@ -72,6 +72,50 @@ pub fn sandbox_urls(sandboxes: &Sandboxes) -> [String; 4] {
     sandboxes.all().map(|s| s.url())
 }
 
+/// Registers every person of a synthetic world in the hub, with the identifiers the partners
+/// know them by (a duplicated council record is left unlinked, as a real caseworker would
+/// have to choose). Returns the hub ids in world order.
+pub async fn register_world(
+    db: &sea_orm::DatabaseConnection,
+    world: &World,
+) -> anyhow::Result<Vec<String>> {
+    let loader = Principal {
+        sub: "demo-loader".into(),
+        role: Role::Admin,
+        acts_for: Vec::new(),
+        agency: None,
+        purpose: Some("loading synthetic people".into()),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let mut ids = Vec::with_capacity(world.people.len());
+    for person in &world.people {
+        let mut identifiers = vec![
+            (IdentifierScheme::NhsNumber, person.nhs_number.clone()),
+            (IdentifierScheme::Nino, person.nino.clone()),
+        ];
+        if let Some(client) = person.council_client_id() {
+            identifiers.push((IdentifierScheme::CouncilClientId, client.to_owned()));
+        }
+        if let Some(reference) = person.ilf_reference() {
+            identifiers.push((IdentifierScheme::IlfReference, reference.to_owned()));
+        }
+        let record = persons::register(
+            db,
+            &loader,
+            NewPerson {
+                given_name: person.given_name.clone(),
+                family_name: person.family_name.clone(),
+                date_of_birth: person.date_of_birth,
+                identifiers,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to register a demo person: {e}"))?;
+        ids.push(record.id);
+    }
+    Ok(ids)
+}
+
 /// Prepares the store, loads the people and binds the server.
 pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
     let world = Arc::new(World::generate(DEMO_SEED, options.people));
@@ -121,40 +165,7 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
 
     let db = crate::db::connect(&settings.database).await?;
     crate::db::migrate(&db).await?;
-    let loader = Principal {
-        sub: "demo-loader".into(),
-        role: Role::Admin,
-        acts_for: Vec::new(),
-        agency: None,
-        purpose: Some("loading the demo's synthetic people".into()),
-        request_id: uuid::Uuid::new_v4().to_string(),
-    };
-    let mut ids = Vec::with_capacity(world.people.len());
-    for person in &world.people {
-        let mut identifiers = vec![
-            (IdentifierScheme::NhsNumber, person.nhs_number.clone()),
-            (IdentifierScheme::Nino, person.nino.clone()),
-        ];
-        if let Some(client) = person.council_client_id() {
-            identifiers.push((IdentifierScheme::CouncilClientId, client.to_owned()));
-        }
-        if let Some(reference) = person.ilf_reference() {
-            identifiers.push((IdentifierScheme::IlfReference, reference.to_owned()));
-        }
-        let record = persons::register(
-            &db,
-            &loader,
-            NewPerson {
-                given_name: person.given_name.clone(),
-                family_name: person.family_name.clone(),
-                date_of_birth: person.date_of_birth,
-                identifiers,
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("failed to register a demo person: {e}"))?;
-        ids.push(record.id);
-    }
+    let ids = register_world(&db, &world).await?;
 
     let first = ids.first().cloned().unwrap_or_default();
     let second = ids.get(1).cloned().unwrap_or_default();

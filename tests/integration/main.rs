@@ -3,5 +3,6 @@
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
 mod auth;
+mod connectors;
 mod registry;
 mod schema;

@@ -46,6 +46,8 @@ pub struct TestApp {
     pub world: Arc<World>,
     /// The partner sandboxes, with their fault switches.
     pub sandboxes: Sandboxes,
+    /// The server's connectors.
+    pub registry: Arc<connectors::Registry>,
     _dir: tempfile::TempDir,
 }
 
@@ -117,6 +119,15 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// As [`spawn_app`], with the settings adjusted first.
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with_secrets(backend, adjust, tributary::demo::sandbox_secrets()).await
+}
+
+/// As [`spawn_app_with`], with the connectors' secrets given.
+pub async fn spawn_app_with_secrets(
+    backend: Backend,
+    adjust: impl FnOnce(&mut Settings),
+    secrets: connectors::Secrets,
+) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         tributary::telemetry::init(false);
     }
@@ -137,10 +148,11 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
     ));
     let issuer = TokenIssuer::hs256(&settings.auth, &secret);
     let auth = Authenticator::hs256(&settings.auth, &secret);
-    let app = Application::build(settings, auth, &tributary::demo::sandbox_secrets())
+    let app = Application::build(settings, auth, &secrets)
         .await
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let registry = app.registry().clone();
     let db = app.db().clone();
     tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -153,6 +165,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
         issuer,
         world,
         sandboxes,
+        registry,
         _dir: dir,
     }
 }
@@ -247,6 +260,26 @@ impl TestApp {
             .to_owned()
     }
 
+    /// Registers the whole synthetic world; returns hub ids in world order.
+    pub async fn register_world(&self) -> Vec<String> {
+        tributary::demo::register_world(&self.db, &self.world)
+            .await
+            .unwrap()
+    }
+
+    /// A person token for hub person `id`.
+    pub fn person(&self, id: &str) -> String {
+        self.token(id, Role::Person)
+    }
+
+    /// The person's combined budget for 2026-27, as that person.
+    pub async fn budget(&self, id: &str) -> Value {
+        let response = self
+            .gql_as(Some(&self.person(id)), None, BUDGET, json!({ "id": id }))
+            .await;
+        response.data()["person"]["superBudget"].clone()
+    }
+
     /// Counts rows in a table.
     pub async fn count(&self, table: &str) -> i64 {
         let row = self
@@ -260,6 +293,36 @@ impl TestApp {
             .unwrap();
         row.try_get::<i64>("", "n").unwrap()
     }
+}
+
+/// A person's budget with the fields tests check.
+pub const BUDGET: &str = "query($id: ID!) { person(id: $id) { superBudget(financialYear: \"2026-27\") {
+  from to gross { amount } contribution { amount } net { amount } committed { amount } spent { amount } remaining { amount }
+  purposes { purpose gross { amount } }
+  streams { stream { id } status asOf gross { amount } contribution { amount } net { amount } spent { amount }
+    awards { id upstreamId purpose frequency amount { amount } entitlement { amount } status
+      lines { upstreamId purpose entitlement { amount } } source { connector upstreamId version fetchedAt contentHash } } }
+  warnings { code message streamId itemId } } } }";
+
+/// A stream of a budget by id.
+pub fn stream<'a>(budget: &'a Value, id: &str) -> Option<&'a Value> {
+    budget["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["stream"]["id"] == id)
+}
+
+/// The warning codes of a budget that concern `stream_id`.
+pub fn warning_codes(budget: &Value, stream_id: &str) -> Vec<String> {
+    budget["warnings"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter(|w| w["streamId"] == stream_id)
+                .map(|w| w["code"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The registerPerson mutation, returning the fields tests check.

@@ -1,0 +1,484 @@
+//! The connectors against the partner sandboxes over real HTTP: every stream joined, the fault
+//! matrix, a fifth stream added by configuration alone, and sync.
+
+use std::time::{Duration, Instant};
+
+use sandboxes::Fault;
+use sandboxes::world::Case;
+use serde_json::{Value, json};
+use tributary::services::bulk::ExtractOutcome;
+use tributary_tests::{Backend, TestApp, spawn_app, spawn_app_with, stream, warning_codes};
+
+/// Live partners asked on every view, failing fast, never tripping the breaker.
+async fn spawn_uncached() -> TestApp {
+    spawn_app_with(Backend::Sqlite, |s| {
+        for c in &mut s.connectors {
+            c.cache_ttl_secs = 0;
+            c.timeout_ms = 300;
+            c.retry_budget_ms = 700;
+            c.breaker_threshold = 1000;
+        }
+    })
+    .await
+}
+
+fn status<'a>(budget: &'a Value, id: &str) -> &'a str {
+    stream(budget, id)
+        .and_then(|s| s["status"].as_str())
+        .unwrap_or("ABSENT")
+}
+
+#[tokio::test]
+async fn a_person_with_all_four_streams_sees_each_one_fresh() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let budget = app.budget(&ids[0]).await;
+    for id in ["la-social-care", "ilf", "access-to-work", "phb"] {
+        assert_eq!(status(&budget, id), "FRESH", "{id}: {budget}");
+    }
+    assert_eq!(
+        stream(&budget, "la-social-care").unwrap()["gross"]["amount"],
+        "21508.93"
+    );
+    assert_eq!(
+        stream(&budget, "la-social-care").unwrap()["contribution"]["amount"],
+        "1835.43"
+    );
+    assert_eq!(
+        stream(&budget, "la-social-care").unwrap()["net"]["amount"],
+        "19673.50"
+    );
+    assert_eq!(
+        stream(&budget, "ilf").unwrap()["gross"]["amount"],
+        "14339.29"
+    );
+    let atw = stream(&budget, "access-to-work").unwrap();
+    assert_eq!(
+        atw["gross"]["amount"], "17300.00",
+        "support worker + travel; the 2025 wheelchair is outside 2026-27"
+    );
+    assert_eq!(atw["spent"]["amount"], "1183.45");
+    assert_eq!(
+        stream(&budget, "phb").unwrap()["gross"]["amount"],
+        "26000.00"
+    );
+    let source = &stream(&budget, "la-social-care").unwrap()["awards"][0]["source"];
+    assert_eq!(source["connector"], "la-social-care");
+    assert_eq!(source["upstreamId"], "PB-2026-0042");
+    assert_eq!(source["version"], "7");
+    assert_eq!(source["contentHash"].as_str().unwrap().len(), 64);
+}
+
+#[tokio::test]
+async fn a_person_known_to_one_stream_sees_only_that_stream() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let i = app
+        .world
+        .people
+        .iter()
+        .position(|p| p.case == Case::OneStreamOnly)
+        .unwrap();
+    let budget = app.budget(&ids[i]).await;
+    let present: Vec<&str> = budget["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["awards"].as_array().unwrap().is_empty())
+        .map(|s| s["stream"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(present, ["access-to-work"]);
+}
+
+#[tokio::test]
+async fn a_duplicate_council_record_is_reported_not_guessed() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let i = app
+        .world
+        .people
+        .iter()
+        .position(|p| p.case == Case::DuplicateCouncilRecord)
+        .unwrap();
+    let budget = app.budget(&ids[i]).await;
+    assert_eq!(
+        warning_codes(&budget, "la-social-care"),
+        ["AMBIGUOUS_MATCH"]
+    );
+    assert_eq!(
+        stream(&budget, "la-social-care").unwrap()["awards"],
+        json!([])
+    );
+    assert_eq!(
+        stream(&budget, "la-social-care").unwrap()["gross"]["amount"],
+        "0.00"
+    );
+}
+
+#[tokio::test]
+async fn a_suspended_award_is_listed_at_nothing() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let i = app
+        .world
+        .people
+        .iter()
+        .position(|p| p.case == Case::SuspendedAward)
+        .unwrap();
+    let budget = app.budget(&ids[i]).await;
+    let award = &stream(&budget, "ilf").unwrap()["awards"][0];
+    assert_eq!(award["status"], "suspended");
+    assert_eq!(award["amount"]["amount"], "1250.00");
+    assert_eq!(award["entitlement"]["amount"], "0.00");
+}
+
+#[tokio::test]
+async fn a_contribution_above_gross_warns_and_nets_to_zero() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let i = app
+        .world
+        .people
+        .iter()
+        .position(|p| p.case == Case::ContributionAboveGross)
+        .unwrap();
+    let budget = app.budget(&ids[i]).await;
+    let council = stream(&budget, "la-social-care").unwrap();
+    assert_eq!(council["net"]["amount"], "0.00");
+    assert!(
+        warning_codes(&budget, "la-social-care").contains(&"CONTRIBUTION_EXCEEDS_GROSS".to_owned())
+    );
+}
+
+/// The partners asked live, with how to find a person each knows (other than person 0).
+fn live_partners(app: &TestApp) -> [(&'static str, &sandboxes::Sandbox, usize); 3] {
+    let first_with = |f: &dyn Fn(&sandboxes::SyntheticPerson) -> bool| {
+        app.world
+            .people
+            .iter()
+            .skip(1)
+            .position(f)
+            .map(|i| i + 1)
+            .unwrap()
+    };
+    [
+        (
+            "la-social-care",
+            &app.sandboxes.council,
+            first_with(&|p| p.council_client_id().is_some()),
+        ),
+        (
+            "access-to-work",
+            &app.sandboxes.access_to_work,
+            first_with(&|p| !p.atw_awards.is_empty()),
+        ),
+        (
+            "phb",
+            &app.sandboxes.health_board,
+            first_with(&|p| !p.phb.is_empty()),
+        ),
+    ]
+}
+
+async fn fault_matrix_for(partner: usize) {
+    let app = spawn_uncached().await;
+    let ids = app.register_world().await;
+    let (stream_id, sandbox, other) = live_partners(&app)[partner];
+    // Person 0 is fetched once while the partner is well; `other` never is.
+    let good = app.budget(&ids[0]).await;
+    assert_eq!(status(&good, stream_id), "FRESH");
+    let faults: [(&str, Option<Fault>, u64); 6] = [
+        ("slow past the timeout", None, 1000),
+        ("HTTP 500", Some(Fault::ServerError), 0),
+        (
+            "HTTP 429 with Retry-After",
+            Some(Fault::TooManyRequests(5)),
+            0,
+        ),
+        ("a malformed body", Some(Fault::Malformed), 0),
+        ("a truncated body", Some(Fault::Truncated), 0),
+        ("refused connections", None, 0),
+    ];
+    for (name, fault, latency) in faults {
+        match (name, fault) {
+            ("refused connections", _) => sandbox.stop().await,
+            (_, Some(fault)) => sandbox.faults.set(fault),
+            (_, None) => sandbox.faults.set_latency_ms(latency),
+        }
+        let stale = app.budget(&ids[0]).await;
+        assert_eq!(status(&stale, stream_id), "STALE", "{stream_id}, {name}");
+        assert!(
+            warning_codes(&stale, stream_id).contains(&"SOURCE_STALE".to_owned()),
+            "{stream_id}, {name}"
+        );
+        assert_eq!(
+            stream(&stale, stream_id).unwrap()["gross"],
+            stream(&good, stream_id).unwrap()["gross"],
+            "the stale snapshot is served, {name}"
+        );
+        for other_stream in ["la-social-care", "ilf", "access-to-work", "phb"] {
+            if other_stream != stream_id {
+                assert_eq!(
+                    status(&stale, other_stream),
+                    "FRESH",
+                    "{other_stream} while {stream_id} has {name}"
+                );
+            }
+        }
+        let unavailable = app.budget(&ids[other]).await;
+        assert_eq!(
+            status(&unavailable, stream_id),
+            "UNAVAILABLE",
+            "{stream_id}, {name}"
+        );
+        assert!(stream(&unavailable, stream_id).unwrap()["asOf"].is_null());
+        assert!(warning_codes(&unavailable, stream_id).contains(&"SOURCE_UNAVAILABLE".to_owned()));
+        sandbox.faults.clear();
+    }
+}
+
+#[tokio::test]
+async fn the_council_fault_matrix() {
+    fault_matrix_for(0).await;
+}
+
+#[tokio::test]
+async fn the_access_to_work_fault_matrix() {
+    fault_matrix_for(1).await;
+}
+
+#[tokio::test]
+async fn the_health_board_fault_matrix() {
+    fault_matrix_for(2).await;
+}
+
+#[tokio::test]
+async fn a_429_within_the_budget_is_waited_out_and_answered() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        for c in &mut s.connectors {
+            c.cache_ttl_secs = 0;
+            c.retry_budget_ms = 3000;
+        }
+    })
+    .await;
+    let ids = app.register_world().await;
+    app.sandboxes
+        .access_to_work
+        .faults
+        .set_for(Fault::TooManyRequests(1), 1);
+    let started = Instant::now();
+    let budget = app.budget(&ids[0]).await;
+    assert_eq!(status(&budget, "access-to-work"), "FRESH");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+    assert_eq!(app.sandboxes.access_to_work.faults.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_dead_partner_opens_the_breaker_and_is_not_hammered() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        for c in &mut s.connectors {
+            c.cache_ttl_secs = 0;
+            c.max_attempts = 1;
+            c.breaker_threshold = 2;
+            c.breaker_cool_down_ms = 60_000;
+        }
+    })
+    .await;
+    let ids = app.register_world().await;
+    app.sandboxes.health_board.faults.set(Fault::ServerError);
+    for _ in 0..5 {
+        let budget = app.budget(&ids[0]).await;
+        assert_eq!(status(&budget, "phb"), "UNAVAILABLE");
+    }
+    assert_eq!(
+        app.sandboxes.health_board.faults.hits(),
+        2,
+        "the breaker stopped the calls after two failures"
+    );
+}
+
+#[tokio::test]
+async fn the_ilf_before_its_first_extract_is_unavailable_and_a_bad_refresh_keeps_the_last() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let ilf = app.registry.get("ilf").unwrap().clone();
+    // The start-up load succeeded; now the fund fails.
+    app.sandboxes.ilf.faults.set(Fault::ServerError);
+    let outcome = tributary::services::bulk::sync_extract(&app.db, ilf.as_ref())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, ExtractOutcome::Failed(_)), "{outcome:?}");
+    let budget = app.budget(&ids[0]).await;
+    assert_eq!(
+        stream(&budget, "ilf").unwrap()["gross"]["amount"],
+        "14339.29"
+    );
+
+    // A hub that has never loaded the extract has nothing to show for the ILF.
+    let cold = spawn_app_with(Backend::Sqlite, |s| {
+        s.connectors.retain(|c| c.id.as_str() == "ilf");
+        s.connectors[0].base_url = "http://127.0.0.1:9".into();
+    })
+    .await;
+    let cold_ids = cold.register_world().await;
+    let budget = cold.budget(&cold_ids[0]).await;
+    assert_eq!(status(&budget, "ilf"), "UNAVAILABLE");
+    assert!(warning_codes(&budget, "ilf").contains(&"SOURCE_UNAVAILABLE".to_owned()));
+}
+
+#[tokio::test]
+async fn an_old_extract_is_served_stale() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        for c in &mut s.connectors {
+            c.freshness_secs = 0;
+        }
+    })
+    .await;
+    let ids = app.register_world().await;
+    let budget = app.budget(&ids[0]).await;
+    assert_eq!(status(&budget, "ilf"), "STALE");
+    assert!(warning_codes(&budget, "ilf").contains(&"SOURCE_STALE".to_owned()));
+}
+
+#[tokio::test]
+async fn a_persons_partners_are_asked_at_once_not_one_after_another() {
+    let app = spawn_uncached().await;
+    let ids = app.register_world().await;
+    app.budget(&ids[0]).await;
+    let latency = 300;
+    for sandbox in [
+        &app.sandboxes.council,
+        &app.sandboxes.access_to_work,
+        &app.sandboxes.health_board,
+    ] {
+        sandbox.faults.set_latency_ms(latency);
+    }
+    let started = Instant::now();
+    let budget = app.budget(&ids[0]).await;
+    let elapsed = started.elapsed();
+    assert_eq!(status(&budget, "phb"), "FRESH");
+    assert!(elapsed >= Duration::from_millis(latency));
+    assert!(
+        elapsed < Duration::from_millis(3 * latency),
+        "three partners of {latency} ms took {elapsed:?}: they were asked one after another"
+    );
+}
+
+#[tokio::test]
+async fn a_fifth_stream_is_added_by_configuration_alone() {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(|| {
+        App::new().route(
+            "/housing/v1/people/{nino}/grants",
+            web::get().to(|path: web::Path<String>, req: actix_web::HttpRequest| async move {
+                if req.headers().get("x-housing-key").and_then(|v| v.to_str().ok()) != Some("housing-secret") {
+                    return HttpResponse::Unauthorized().finish();
+                }
+                if path.as_str() != "AB123456C" {
+                    return HttpResponse::NotFound().finish();
+                }
+                HttpResponse::Ok().json(json!({ "person": path.as_str(), "result": { "grants": [
+                    { "grant_no": "DFG-2026-17", "award": { "gbp": "8500.00" }, "decided": "2026-06-01", "state": "APPROVED", "kind": "level_access_shower" },
+                    { "grant_no": "DFG-2026-18", "award": { "gbp": "-5.00" }, "decided": "2026-06-01", "state": "APPROVED", "kind": "ramp" },
+                    { "grant_no": "DFG-2025-02", "award": { "gbp": "1200.00" }, "decided": "2025-05-01", "state": "APPROVED", "kind": "stairlift" }
+                ] } }))
+            }),
+        )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+
+    let config = format!(
+        r#"
+[[connector]]
+id = "housing-adaptations"
+name = "Disabled Facilities Grant"
+kind = "generic_rest"
+base_url = "http://127.0.0.1:{port}"
+path = "/housing/v1/people/{{value}}/grants"
+identifier_scheme = "NINO"
+auth_header = "X-Housing-Key"
+api_key_env = "HOUSING_KEY"
+[connector.mapping]
+awards = "/result/grants"
+id = "/grant_no"
+amount = "/award/gbp"
+fixed_frequency = "one_off"
+payment_date = "/decided"
+purpose = "/kind"
+status = "/state"
+status_map = {{ APPROVED = "active", CANCELLED = "paused" }}
+"#
+    );
+    let extra = tributary::config::Settings::from_toml(&config)
+        .unwrap()
+        .connectors;
+    let secrets = tributary::demo::sandbox_secrets().with("HOUSING_KEY", "housing-secret");
+    let app = tributary_tests::spawn_app_with_secrets(
+        Backend::Sqlite,
+        move |s| s.connectors.extend(extra),
+        secrets,
+    )
+    .await;
+    let ids = app.register_world().await;
+    // The key reaches the connector from the named variable; tests provide it in process.
+    let budget = app.budget(&ids[0]).await;
+    let housing = stream(&budget, "housing-adaptations").expect("the fifth stream is in the view");
+    assert_eq!(housing["status"], "FRESH", "{budget}");
+    assert_eq!(
+        housing["gross"]["amount"], "8500.00",
+        "the 2025 grant is outside 2026-27"
+    );
+    let award = &housing["awards"][0];
+    assert_eq!(award["upstreamId"], "DFG-2026-17");
+    assert_eq!(award["purpose"], "level_access_shower");
+    assert_eq!(award["frequency"], "one_off");
+    assert!(
+        warning_codes(&budget, "housing-adaptations")
+            .contains(&"UPSTREAM_DATA_REJECTED".to_owned())
+    );
+    let total: rust_decimal::Decimal = budget["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["gross"]["amount"]
+                .as_str()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(budget["gross"]["amount"], format!("{total:.2}"));
+}
+
+#[tokio::test]
+async fn sync_twice_reports_everything_unchanged_the_second_time() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.register_world().await;
+    let noop = |_: u64, _: u64| {};
+    let first = tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
+        .await
+        .unwrap();
+    assert_eq!(first.people, 60);
+    assert_eq!(first.failed, 0);
+    assert!(first.fetched > 60, "{first:?}");
+    let second = tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
+        .await
+        .unwrap();
+    assert_eq!(second.fetched, 0, "{second:?}");
+    assert_eq!(second.unchanged, first.fetched + first.unchanged);
+    assert_eq!(second.failed, 0);
+    assert_eq!(
+        second.extracts,
+        [("ilf".to_owned(), ExtractOutcome::Unchanged)]
+    );
+}
