@@ -345,7 +345,13 @@ async fn an_old_extract_is_served_stale() {
 
 #[tokio::test]
 async fn a_persons_partners_are_asked_at_once_not_one_after_another() {
-    let app = spawn_uncached().await;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        for c in &mut s.connectors {
+            c.cache_ttl_secs = 0;
+            c.timeout_ms = 5000;
+        }
+    })
+    .await;
     let ids = app.register_world().await;
     app.budget(&ids[0]).await;
     let latency = 300;

@@ -3,6 +3,7 @@
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
 mod auth;
+mod budget;
 mod connectors;
 mod registry;
 mod schema;

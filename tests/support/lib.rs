@@ -299,7 +299,7 @@ impl TestApp {
 pub const BUDGET: &str = "query($id: ID!) { person(id: $id) { superBudget(financialYear: \"2026-27\") {
   from to gross { amount } contribution { amount } net { amount } committed { amount } spent { amount } remaining { amount }
   purposes { purpose gross { amount } }
-  streams { stream { id } status asOf gross { amount } contribution { amount } net { amount } spent { amount }
+  streams { stream { id } status asOf gross { amount } contribution { amount } net { amount } committed { amount } spent { amount } remaining { amount }
     awards { id upstreamId purpose frequency amount { amount } entitlement { amount } status
       lines { upstreamId purpose entitlement { amount } } source { connector upstreamId version fetchedAt contentHash } } }
   warnings { code message streamId itemId } } } }";

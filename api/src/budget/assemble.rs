@@ -64,6 +64,8 @@ pub struct Commitment {
     pub stream_id: String,
     /// The plan item.
     pub item_id: String,
+    /// The award it draws on, if tied to one.
+    pub award_id: Option<String>,
     /// Pence in the window.
     pub pence: i128,
 }
@@ -341,6 +343,7 @@ pub fn assemble(
         }
         views.push(view);
     }
+    double_funding(&views, commitments, &mut warnings);
     let total = |f: fn(&StreamView) -> i128| views.iter().map(f).sum::<i128>();
     let gross = total(|s| s.gross);
     let net = total(|s| s.net);
@@ -356,6 +359,46 @@ pub fn assemble(
         purposes: purposes.into_iter().collect(),
         streams: views,
         warnings,
+    }
+}
+
+/// One award claimed by two or more plan items past its entitlement in the window.
+fn double_funding(views: &[StreamView], commitments: &[Commitment], warnings: &mut Vec<Warning>) {
+    let mut by_award: BTreeMap<&str, Vec<&Commitment>> = BTreeMap::new();
+    for c in commitments {
+        if let Some(award) = c.award_id.as_deref() {
+            by_award.entry(award).or_default().push(c);
+        }
+    }
+    for (award_id, claims) in by_award {
+        let items: std::collections::BTreeSet<&str> =
+            claims.iter().map(|c| c.item_id.as_str()).collect();
+        if items.len() < 2 {
+            continue;
+        }
+        let claimed: i128 = claims.iter().map(|c| c.pence).sum();
+        let Some(award) = views
+            .iter()
+            .flat_map(|s| &s.awards)
+            .find(|a| a.id == award_id)
+        else {
+            continue;
+        };
+        if claimed > award.entitlement {
+            for item in items {
+                warnings.push(Warning {
+                    code: "DOUBLE_FUNDED",
+                    message: format!(
+                        "award {award_id} is claimed by {} plan items for {} in the window, but holds {}",
+                        claims.len(),
+                        pounds(claimed),
+                        pounds(award.entitlement)
+                    ),
+                    stream_id: award_id.split(':').next().map(str::to_owned),
+                    item_id: Some(item.to_owned()),
+                });
+            }
+        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! The combined super personal budget over GraphQL: thin types over the pure assembly.
 
-use async_graphql::{Enum, ID, Object, SimpleObject};
+use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use chrono::SecondsFormat;
 
+use super::plan::PlanItem;
 use super::scalars::{Date, Money};
 use super::streams::FundingStream;
+use super::{GqlResult, app, principal};
 use crate::budget::assemble::{AwardView, BudgetView, SourceMeta, StreamView, Warning};
 use crate::budget::period::to_pounds;
 
@@ -30,7 +32,7 @@ pub enum SourceStatus {
 
 /// A person's combined budget across every stream, in one window. Every total is the exact sum
 /// of the rounded figures below it.
-pub struct SuperBudget(pub BudgetView);
+pub struct SuperBudget(pub BudgetView, pub String);
 
 #[Object]
 impl SuperBudget {
@@ -68,7 +70,12 @@ impl SuperBudget {
     }
     /// Each stream the person is known to, in configuration order.
     async fn streams(&self) -> Vec<StreamBudget> {
-        self.0.streams.iter().cloned().map(StreamBudget).collect()
+        self.0
+            .streams
+            .iter()
+            .cloned()
+            .map(|s| StreamBudget(s, self.1.clone()))
+            .collect()
     }
     /// Gross by purpose; adds up to gross exactly.
     async fn purposes(&self) -> Vec<PurposeTotal> {
@@ -122,7 +129,7 @@ impl From<&Warning> for BudgetWarning {
 }
 
 /// One stream's part of the budget.
-pub struct StreamBudget(StreamView);
+pub struct StreamBudget(StreamView, String);
 
 #[Object]
 impl StreamBudget {
@@ -168,15 +175,49 @@ impl StreamBudget {
     }
     /// Its awards.
     async fn awards(&self) -> Vec<Award> {
-        self.0.awards.iter().cloned().map(Award).collect()
+        self.0
+            .awards
+            .iter()
+            .cloned()
+            .map(|a| Award::new(a, self.1.clone()))
+            .collect()
     }
 }
 
 /// One upstream record that carries its own amount and frequency.
-pub struct Award(AwardView);
+pub struct Award(AwardView, String);
+
+impl Award {
+    /// An award of `person_id`'s budget.
+    pub fn new(view: AwardView, person_id: String) -> Self {
+        Self(view, person_id)
+    }
+}
 
 #[Object]
 impl Award {
+    /// The plan items that draw on this award: the trace from an award to what it funds.
+    async fn plan_items(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<PlanItem>> {
+        let principal = principal(ctx)?;
+        let app = app(ctx)?;
+        crate::services::plan::for_people(&app.db, std::slice::from_ref(&self.1))
+            .await
+            .map(|mut by_person| {
+                by_person
+                    .remove(&self.1)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|item| {
+                        item.shares
+                            .iter()
+                            .any(|s| s.award_id.as_deref() == Some(&self.0.id))
+                    })
+                    .map(PlanItem)
+                    .collect()
+            })
+            .gql(principal)
+    }
+
     /// The hub's id: `stream:upstreamId`.
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
@@ -284,7 +325,8 @@ pub struct SourceRecord {
 }
 
 impl SourceRecord {
-    fn new(meta: &SourceMeta, upstream_id: &str) -> Self {
+    /// The record `upstream_id` of the snapshot `meta` describes.
+    pub fn new(meta: &SourceMeta, upstream_id: &str) -> Self {
         Self {
             connector: meta.connector.clone(),
             upstream_id: upstream_id.to_owned(),

@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod persons;
+pub mod plan;
 pub mod scalars;
 pub mod streams;
 
@@ -30,7 +31,7 @@ pub struct Query(persons::PersonsQuery, streams::StreamsQuery);
 
 /// The root mutation.
 #[derive(MergedObject, Default)]
-pub struct Mutation(persons::PersonsMutation);
+pub struct Mutation(persons::PersonsMutation, plan::PlanMutation);
 
 /// The served schema's type.
 pub type TributarySchema = Schema<Query, Mutation, EmptySubscription>;

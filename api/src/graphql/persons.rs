@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::SecondsFormat;
 
 use super::budget::SuperBudget;
+use super::plan::PlanItem;
 use super::scalars::Date;
 use super::{GqlResult, app, principal};
 use crate::auth::{Principal, Role};
@@ -101,7 +102,51 @@ impl Person {
             budget_service::super_budget(&app.db, &app.registry, principal, &self.0, window).await
         }
         .await;
-        result.map(SuperBudget).gql(principal)
+        result
+            .map(|view| SuperBudget(view, self.0.id.clone()))
+            .gql(principal)
+    }
+
+    /// The person's support plan: what they plan to buy and which streams fund it.
+    async fn support_plan(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<PlanItem>> {
+        let principal = principal(ctx)?;
+        let app = app(ctx)?;
+        crate::services::plan::for_people(&app.db, std::slice::from_ref(&self.0.id))
+            .await
+            .map(|mut by_person| {
+                by_person
+                    .remove(&self.0.id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(PlanItem)
+                    .collect()
+            })
+            .gql(principal)
+    }
+
+    /// The trace for auditors as CSV: every award in the window with the upstream record,
+    /// version, fetch time and hash it came from, and every plan share with the award it draws
+    /// on.
+    async fn trace_csv(
+        &self,
+        ctx: &Context<'_>,
+        financial_year: Option<String>,
+        from: Option<Date>,
+        to: Option<Date>,
+    ) -> async_graphql::Result<String> {
+        let principal = principal(ctx)?;
+        let app = app(ctx)?;
+        let result = async {
+            let window = budget_service::resolve_window(
+                financial_year.as_deref(),
+                from.map(|d| d.0),
+                to.map(|d| d.0),
+                chrono::Utc::now().date_naive(),
+            )?;
+            budget_service::trace_csv(&app.db, &app.registry, principal, &self.0, window).await
+        }
+        .await;
+        result.gql(principal)
     }
 }
 

@@ -132,3 +132,43 @@ pub async fn budget_scope(
         }
     }
 }
+
+/// Whether the caller may change this person's support plan at all: the person, their
+/// representative, a portal passing on their token, or an agency they consented to.
+pub fn can_edit_plan_of(principal: &Principal, person_id: &str) -> ApiResult<()> {
+    let allowed = match principal.role {
+        Role::Person | Role::Portal => principal.sub == person_id,
+        Role::Representative => principal.acts_for.iter().any(|p| p == person_id),
+        Role::Agency => true,
+        Role::Auditor | Role::Admin => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "a {} token cannot change this person's support plan",
+            principal.role
+        )))
+    }
+}
+
+/// Whether the caller may add or change this plan item: an agency only with consent for every
+/// stream the item draws on.
+pub async fn can_edit_plan(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    person_id: &str,
+    spec: &crate::services::plan::ItemSpec,
+) -> ApiResult<()> {
+    can_read_person(db, principal, person_id).await?;
+    can_edit_plan_of(principal, person_id)?;
+    if let Some(scope) = budget_scope(db, principal, person_id).await?
+        && let Some(share) = spec.shares.iter().find(|s| !scope.contains(&s.stream_id))
+    {
+        return Err(ApiError::Forbidden(format!(
+            "the person has not agreed to share stream '{}' with your agency",
+            share.stream_id
+        )));
+    }
+    Ok(())
+}

@@ -6,12 +6,12 @@ use connectors::Registry;
 use sea_orm::DatabaseConnection;
 
 use crate::auth::Principal;
-use crate::budget::assemble::{BudgetView, assemble};
-use crate::budget::period::Window;
+use crate::budget::assemble::{BudgetView, Commitment, assemble};
+use crate::budget::period::{Window, to_pounds};
 use crate::error::{ApiError, ApiResult};
 use crate::services::access;
 use crate::services::persons::PersonRecord;
-use crate::services::sources;
+use crate::services::{plan, sources};
 
 /// The longest window a view may cover.
 pub const MAX_WINDOW_DAYS: i64 = 3660;
@@ -61,7 +61,139 @@ pub async fn super_budget(
     let scope = access::budget_scope(db, principal, &person.id).await?;
     let streams =
         sources::gather(db, registry, &person.identifier_pairs(), scope.as_deref()).await?;
-    Ok(assemble(window, Utc::now().date_naive(), streams, &[]))
+    let items = plan::for_people(db, std::slice::from_ref(&person.id))
+        .await?
+        .remove(&person.id)
+        .unwrap_or_default();
+    let commitments = commitments(&items, &window, scope.as_deref());
+    Ok(assemble(
+        window,
+        Utc::now().date_naive(),
+        streams,
+        &commitments,
+    ))
+}
+
+/// Each item's shares in the window, for the streams in scope.
+pub fn commitments(
+    items: &[plan::Item],
+    window: &Window,
+    scope: Option<&[String]>,
+) -> Vec<Commitment> {
+    items
+        .iter()
+        .flat_map(|item| {
+            item.in_window(window)
+                .into_iter()
+                .map(|(share, pence)| Commitment {
+                    stream_id: share.stream_id.clone(),
+                    item_id: item.id.clone(),
+                    award_id: share.award_id.clone(),
+                    pence,
+                })
+        })
+        .filter(|c| scope.is_none_or(|ids| ids.contains(&c.stream_id)))
+        .collect()
+}
+
+/// The trace as CSV: one `award` row per award in the window (stream, award, upstream record,
+/// version, fetch time, content hash, entitlement) and one `share` row per plan share (item,
+/// stream, pence in the window, the award it draws on and that award's upstream record).
+pub async fn trace_csv(
+    db: &DatabaseConnection,
+    registry: &Registry,
+    principal: &Principal,
+    person: &PersonRecord,
+    window: Window,
+) -> ApiResult<String> {
+    let view = super_budget(db, registry, principal, person, window).await?;
+    let items = plan::for_people(db, std::slice::from_ref(&person.id))
+        .await?
+        .remove(&person.id)
+        .unwrap_or_default();
+    let pounds = |pence: i128| crate::graphql::scalars::format_pounds(to_pounds(pence));
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let csv_error = |e: csv::Error| ApiError::internal(e, "writing the trace CSV");
+    out.write_record([
+        "kind",
+        "window_from",
+        "window_to",
+        "stream",
+        "award_id",
+        "upstream_id",
+        "upstream_version",
+        "fetched_at",
+        "content_hash",
+        "award_entitlement",
+        "item_id",
+        "item_description",
+        "share_percent",
+        "share_in_window",
+    ])
+    .map_err(csv_error)?;
+    let (from, to) = (view.window.from.to_string(), view.window.to.to_string());
+    let awards: Vec<&crate::budget::assemble::AwardView> =
+        view.streams.iter().flat_map(|s| &s.awards).collect();
+    for (stream, award) in view
+        .streams
+        .iter()
+        .flat_map(|s| s.awards.iter().map(move |a| (s, a)))
+    {
+        out.write_record([
+            "award",
+            &from,
+            &to,
+            &stream.id,
+            &award.id,
+            &award.award.upstream_id,
+            award.source.version.as_deref().unwrap_or(""),
+            &award.source.fetched_at.to_rfc3339(),
+            &award.source.content_hash,
+            &pounds(award.entitlement),
+            "",
+            "",
+            "",
+            "",
+        ])
+        .map_err(csv_error)?;
+    }
+    for item in &items {
+        for (share, pence) in item.in_window(&view.window) {
+            let award = share
+                .award_id
+                .as_deref()
+                .and_then(|id| awards.iter().find(|a| a.id == id));
+            let percent = share
+                .percent_hundredths
+                .map(|h| crate::graphql::scalars::format_pounds(to_pounds(i128::from(h))))
+                .unwrap_or_default();
+            out.write_record([
+                "share",
+                &from,
+                &to,
+                &share.stream_id,
+                share.award_id.as_deref().unwrap_or(""),
+                award.map_or("", |a| a.award.upstream_id.as_str()),
+                award
+                    .and_then(|a| a.source.version.as_deref())
+                    .unwrap_or(""),
+                &award
+                    .map(|a| a.source.fetched_at.to_rfc3339())
+                    .unwrap_or_default(),
+                award.map_or("", |a| a.source.content_hash.as_str()),
+                &award.map(|a| pounds(a.entitlement)).unwrap_or_default(),
+                &item.id,
+                &item.description,
+                &percent,
+                &pounds(pence),
+            ])
+            .map_err(csv_error)?;
+        }
+    }
+    let bytes = out
+        .into_inner()
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("{e}"), "finishing the trace CSV"))?;
+    String::from_utf8(bytes).map_err(|e| ApiError::internal(e, "the trace CSV is not UTF-8"))
 }
 
 #[cfg(test)]

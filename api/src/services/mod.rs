@@ -5,5 +5,6 @@ pub mod access;
 pub mod budget;
 pub mod bulk;
 pub mod persons;
+pub mod plan;
 pub mod sources;
 pub mod sync;

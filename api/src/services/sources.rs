@@ -3,8 +3,6 @@
 //! never the whole view. A person's connectors are asked concurrently, so a view waits for the
 //! slowest partner, bounded by its timeout, never for the sum of them.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use connectors::{Connector, IdentifierScheme, PersonRecords, Registry, Rejected, Shape, Subject};
 use entities::{bulk_extract, bulk_record, rejected_record, upstream_snapshot};
@@ -344,16 +342,40 @@ pub async fn gather(
     futures::future::join_all(tasks).await.into_iter().collect()
 }
 
-/// Snapshot content hashes by subject key, for a sync to tell changed from unchanged.
-pub async fn snapshot_hashes(
+/// One award as last stored (never asking the partner), with its entitlement in `window`:
+/// the trace from a plan share to the snapshot that held its award.
+pub async fn stored_award(
     db: &DatabaseConnection,
-    connector: &str,
-) -> ApiResult<HashMap<String, String>> {
-    Ok(upstream_snapshot::Entity::find()
-        .filter(upstream_snapshot::Column::Connector.eq(connector))
-        .all(db)
-        .await?
+    registry: &Registry,
+    identifiers: &[(IdentifierScheme, String)],
+    award_id: &str,
+    window: &crate::budget::period::Window,
+) -> ApiResult<Option<crate::budget::assemble::AwardView>> {
+    let Some((stream_id, _)) = award_id.split_once(':') else {
+        return Ok(None);
+    };
+    let Some(connector) = registry.get(stream_id) else {
+        return Ok(None);
+    };
+    let Some(subject) = connector.subject(identifiers) else {
+        return Ok(None);
+    };
+    let stream = match connector.shape() {
+        Shape::Bulk => bulk(db, connector.as_ref(), &subject).await?,
+        Shape::Live => match load_snapshot(db, stream_id, &subject.key()).await? {
+            Some((records, meta)) => with_records(
+                input(connector.as_ref(), SourceStatus::Fresh),
+                records,
+                meta,
+            ),
+            None => return Ok(None),
+        },
+    };
+    let view =
+        crate::budget::assemble::assemble(*window, Utc::now().date_naive(), vec![stream], &[]);
+    Ok(view
+        .streams
         .into_iter()
-        .map(|s| (s.subject_key, s.content_hash))
-        .collect())
+        .flat_map(|s| s.awards)
+        .find(|a| a.id == award_id))
 }

@@ -1,0 +1,505 @@
+//! The combined budget over HTTP: figures recomputed independently from the partners' own
+//! payloads, split funding, the trace, warnings, and concurrent plan edits.
+
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use sandboxes::world::Case;
+use serde_json::{Value, json};
+use tributary_tests::{Backend, TestApp, spawn_app, stream, warning_codes};
+
+fn dec(v: &Value) -> Decimal {
+    Decimal::from_str(
+        v.as_str()
+            .unwrap_or_else(|| panic!("not a decimal string: {v}")),
+    )
+    .unwrap()
+}
+
+fn round(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven)
+}
+
+async fn get_json(app: &TestApp, url: String, header: (&str, String)) -> Value {
+    app.client
+        .get(url)
+        .header(header.0, header.1)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Person 0's 2026-27 gross per stream, worked out here from what the partners publish,
+/// with none of the hub's code: every award of person 0 is active all year (365 days) or is
+/// a one-off, so each figure is a single multiplication rounded once.
+async fn expected_from_payloads(app: &TestApp) -> [(&'static str, Decimal, Decimal); 4] {
+    let days = Decimal::from(365);
+    let council = get_json(
+        app,
+        format!(
+            "{}/api/v1/clients/CL-104233/personal-budgets",
+            app.sandboxes.council.url()
+        ),
+        (
+            "authorization",
+            format!("Bearer {}", sandboxes::servers::LA_TOKEN),
+        ),
+    )
+    .await;
+    let budget = &council["personal_budgets"][0];
+    assert_eq!(budget["frequency"], "weekly");
+    let council_gross = round(dec(&budget["gross_amount"]) * days / Decimal::from(7));
+    let council_contribution = round(dec(&budget["client_contribution"]) * days / Decimal::from(7));
+
+    let csv = app
+        .client
+        .get(format!("{}/extracts/awards.csv", app.sandboxes.ilf.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = csv.lines().find(|l| l.contains("AB123456C")).unwrap();
+    let amount = row.split(',').nth(4).unwrap();
+    let ilf_gross = round(Decimal::from_str(amount).unwrap() * days / Decimal::from(28));
+
+    let atw = get_json(
+        app,
+        format!(
+            "{}/atw/v2/claimants/AB123456C/awards",
+            app.sandboxes.access_to_work.url()
+        ),
+        ("x-api-key", sandboxes::servers::ATW_KEY.to_owned()),
+    )
+    .await;
+    let mut atw_gross = Decimal::ZERO;
+    for element in atw["awards"][0]["elements"].as_array().unwrap() {
+        if let Some(annual) = element.get("annual_amount") {
+            atw_gross += dec(annual);
+        } else {
+            let paid = element["payment_date"].as_str().unwrap();
+            if ("2026-04-01".."2027-04-01").contains(&paid) {
+                atw_gross += dec(&element["one_off_amount"]);
+            }
+        }
+    }
+
+    let phb = get_json(
+        app,
+        format!(
+            "{}/phb/v1/patients/9434765919/budgets",
+            app.sandboxes.health_board.url()
+        ),
+        (
+            "authorization",
+            format!("Bearer {}", sandboxes::servers::PHB_TOKEN),
+        ),
+    )
+    .await;
+    let phb_gross = dec(&phb["budgets"][0]["annual_amount"]);
+    [
+        ("la-social-care", council_gross, council_contribution),
+        ("ilf", ilf_gross, Decimal::ZERO),
+        ("access-to-work", atw_gross, Decimal::ZERO),
+        ("phb", phb_gross, Decimal::ZERO),
+    ]
+}
+
+#[tokio::test]
+async fn the_four_stream_persons_totals_match_an_independent_recomputation() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let budget = app.budget(&ids[0]).await;
+    let expected = expected_from_payloads(&app).await;
+    let (mut gross, mut net) = (Decimal::ZERO, Decimal::ZERO);
+    for (id, g, c) in expected {
+        let s = stream(&budget, id).unwrap();
+        assert_eq!(dec(&s["gross"]["amount"]), g, "{id}");
+        assert_eq!(dec(&s["contribution"]["amount"]), c, "{id}");
+        gross += g;
+        net += (g - c).max(Decimal::ZERO);
+    }
+    assert_eq!(dec(&budget["gross"]["amount"]), gross);
+    assert_eq!(dec(&budget["net"]["amount"]), net);
+    assert_eq!(budget["gross"]["amount"], "79148.22");
+    // Purposes add up to gross exactly, and lines to their award.
+    let purposes: Decimal = budget["purposes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| dec(&p["gross"]["amount"]))
+        .sum();
+    assert_eq!(purposes, gross);
+    let council_award = &stream(&budget, "la-social-care").unwrap()["awards"][0];
+    let lines: Decimal = council_award["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| dec(&l["entitlement"]["amount"]))
+        .sum();
+    assert_eq!(lines, dec(&council_award["entitlement"]["amount"]));
+    // Every amount on the wire has exactly two places.
+    for s in budget["streams"].as_array().unwrap() {
+        for field in [
+            "gross",
+            "contribution",
+            "net",
+            "committed",
+            "spent",
+            "remaining",
+        ] {
+            let text = s[field]["amount"].as_str().unwrap();
+            assert_eq!(
+                text.split('.').nth(1).map(str::len),
+                Some(2),
+                "{field}: {text}"
+            );
+        }
+    }
+}
+
+const ADD: &str = "mutation($input: PlanItemInput!) { addPlanItem(input: $input) {
+  id description cost { amount } frequency shares { stream { id } percent amount { amount }
+    award { id upstreamId } source { connector upstreamId version fetchedAt contentHash } } } }";
+
+const UPDATE: &str = "mutation($input: UpdatePlanItemInput!) { updatePlanItem(input: $input) { id description version shares { amount { amount } } } }";
+
+fn wheelchair(person: &str, shares: Value) -> Value {
+    json!({ "input": {
+        "personId": person, "description": "Powered wheelchair, used at home and at work",
+        "purpose": "mobility", "cost": "3000.00", "frequency": "one_off", "startDate": "2026-07-20",
+        "shares": shares
+    }})
+}
+
+#[tokio::test]
+async fn a_split_item_shows_in_both_streams_and_traces_to_the_upstream_records() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let i = app
+        .world
+        .people
+        .iter()
+        .position(|p| p.case == Case::SharedWheelchair)
+        .unwrap();
+    let person = &ids[i];
+    let atw_ref = &app.world.people[i].atw_awards[0].award_ref;
+    let phb_ref = &app.world.people[i].phb[0].budget_id;
+    let token = app.person(person);
+    // The view first, so the snapshots the trace points at exist.
+    let before = app.budget(person).await;
+    let atw_award = format!("access-to-work:{atw_ref}/special_aids_and_equipment");
+    let phb_award = format!("phb:{phb_ref}");
+    let response = app
+        .gql_as(
+            Some(&token),
+            None,
+            ADD,
+            wheelchair(
+                person,
+                json!([
+                    { "streamId": "access-to-work", "percent": "60", "awardId": atw_award },
+                    { "streamId": "phb", "percent": "40", "awardId": phb_award },
+                ]),
+            ),
+        )
+        .await;
+    let item = &response.data()["addPlanItem"];
+    assert_eq!(item["shares"][0]["amount"]["amount"], "1800.00");
+    assert_eq!(item["shares"][1]["amount"]["amount"], "1200.00");
+    assert_eq!(item["shares"][0]["percent"], "60.00");
+    assert_eq!(
+        item["shares"][0]["award"]["upstreamId"],
+        format!("{atw_ref}/special_aids_and_equipment")
+    );
+    let atw_source = &item["shares"][0]["source"];
+    assert_eq!(atw_source["connector"], "access-to-work");
+    let atw_stream_before = stream(&before, "access-to-work").unwrap();
+    assert_eq!(
+        atw_source["contentHash"],
+        atw_stream_before["awards"][1]["source"]["contentHash"]
+    );
+    assert_eq!(item["shares"][1]["source"]["upstreamId"], phb_ref.as_str());
+
+    let after = app.budget(person).await;
+    for (id, committed) in [("access-to-work", "1800.00"), ("phb", "1200.00")] {
+        let s = stream(&after, id).unwrap();
+        assert_eq!(s["committed"]["amount"], committed, "{id}");
+        assert_eq!(
+            dec(&s["remaining"]["amount"]),
+            dec(&s["net"]["amount"]) - dec(&s["committed"]["amount"])
+        );
+    }
+    assert_eq!(after["committed"]["amount"], "3000.00");
+
+    // From the award back to the item that draws on it.
+    let back = app
+        .gql_as(
+            Some(&token),
+            None,
+            "query($id: ID!) { person(id: $id) { superBudget { streams { stream { id } awards { id planItems { id } } } } } }",
+            json!({ "id": person }),
+        )
+        .await;
+    let awards: Vec<&Value> = back.data()["person"]["superBudget"]["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["awards"].as_array().unwrap())
+        .collect();
+    let funded = awards
+        .iter()
+        .find(|a| a["id"] == atw_award.as_str())
+        .unwrap();
+    assert_eq!(funded["planItems"][0]["id"], item["id"]);
+
+    // The same trace as CSV for auditors.
+    let csv = app
+        .gql_as(
+            Some(&token),
+            None,
+            "query($id: ID!) { person(id: $id) { traceCsv(financialYear: \"2026-27\") } }",
+            json!({ "id": person }),
+        )
+        .await;
+    let text = csv.data()["person"]["traceCsv"].as_str().unwrap();
+    assert!(text.starts_with("kind,window_from,window_to,stream,award_id,upstream_id"));
+    let share_rows: Vec<&str> = text.lines().filter(|l| l.starts_with("share,")).collect();
+    assert_eq!(share_rows.len(), 2);
+    assert!(
+        share_rows[0].contains(&format!("{atw_ref}/special_aids_and_equipment"))
+            && share_rows[0].ends_with(",60.00,1800.00")
+    );
+    assert!(share_rows[1].contains(phb_ref.as_str()) && share_rows[1].ends_with(",40.00,1200.00"));
+}
+
+#[tokio::test]
+async fn percentages_become_pennies_by_largest_remainder() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let mut input = wheelchair(
+        &ids[0],
+        json!([
+            { "streamId": "la-social-care", "percent": "33.33" },
+            { "streamId": "ilf", "percent": "33.33" },
+            { "streamId": "phb", "percent": "33.34" },
+        ]),
+    );
+    input["input"]["cost"] = json!("10.00");
+    let r = app.gql_as(Some(&token), None, ADD, input).await;
+    let amounts: Vec<&str> = r.data()["addPlanItem"]["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["amount"]["amount"].as_str().unwrap())
+        .collect();
+    assert_eq!(amounts, ["3.33", "3.33", "3.34"]);
+
+    let mut input = wheelchair(
+        &ids[0],
+        json!([
+            { "streamId": "la-social-care", "percent": "50" },
+            { "streamId": "phb", "percent": "50" },
+        ]),
+    );
+    input["input"]["cost"] = json!("100.01");
+    let r = app.gql_as(Some(&token), None, ADD, input).await;
+    let amounts: Vec<&str> = r.data()["addPlanItem"]["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["amount"]["amount"].as_str().unwrap())
+        .collect();
+    assert_eq!(amounts, ["50.01", "50.00"]);
+}
+
+#[tokio::test]
+async fn shares_that_do_not_add_up_are_refused_with_the_sum_found() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let cases = [
+        (
+            json!([{ "streamId": "phb", "percent": "60" }, { "streamId": "ilf", "percent": "39.99" }]),
+            "sum to 99.99, not 100",
+        ),
+        (
+            json!([{ "streamId": "phb", "amount": "1000.00" }, { "streamId": "ilf", "amount": "1999.99" }]),
+            "sum to 2999.99, not the cost 3000.00",
+        ),
+        (
+            json!([{ "streamId": "phb", "amount": "1000.00" }, { "streamId": "ilf", "percent": "50" }]),
+            "never both",
+        ),
+        (
+            json!([{ "streamId": "phb", "amount": "1000.00", "percent": "50" }]),
+            "exactly one of percent and amount",
+        ),
+        (
+            json!([{ "streamId": "housing", "percent": "100" }]),
+            "unknown stream",
+        ),
+        (json!([]), "at least one"),
+        (
+            json!([{ "streamId": "phb", "percent": "100", "awardId": "ilf:ILF-000317" }]),
+            "not one of stream 'phb'",
+        ),
+    ];
+    for (shares, hint) in cases {
+        let r = app
+            .gql_as(Some(&token), None, ADD, wheelchair(&ids[0], shares))
+            .await;
+        assert_eq!(r.code(), Some("BAD_USER_INPUT"), "{hint}: {}", r.body);
+        assert!(r.message().contains(hint), "{hint}: {}", r.message());
+    }
+    assert_eq!(app.count("plan_items").await, 0);
+    assert_eq!(app.count("funding_shares").await, 0);
+}
+
+#[tokio::test]
+async fn a_retried_add_with_the_same_idempotency_key_adds_once() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let mut input = wheelchair(&ids[0], json!([{ "streamId": "phb", "percent": "100" }]));
+    input["input"]["idempotencyKey"] = json!("retry-me-1");
+    let first = app.gql_as(Some(&token), None, ADD, input.clone()).await;
+    let second = app.gql_as(Some(&token), None, ADD, input).await;
+    assert_eq!(
+        first.data()["addPlanItem"]["id"],
+        second.data()["addPlanItem"]["id"]
+    );
+    assert_eq!(app.count("plan_items").await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_edits_of_one_item_one_wins_the_other_conflicts() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let added = app
+        .gql_as(
+            Some(&token),
+            None,
+            ADD,
+            wheelchair(&ids[0], json!([{ "streamId": "phb", "percent": "100" }])),
+        )
+        .await;
+    let item = added.data()["addPlanItem"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let edit = |description: &str, cost: &str| {
+        json!({ "input": { "id": item, "expectedVersion": 1, "description": description, "purpose": "mobility",
+            "cost": cost, "frequency": "one_off", "startDate": "2026-07-20",
+            "shares": [{ "streamId": "phb", "percent": "100" }] } })
+    };
+    let (a, b) = tokio::join!(
+        app.gql_as(Some(&token), None, UPDATE, edit("Edit A", "3100.00")),
+        app.gql_as(Some(&token), None, UPDATE, edit("Edit B", "3200.00")),
+    );
+    let outcomes = [&a, &b];
+    let won: Vec<_> = outcomes
+        .iter()
+        .filter(|r| r.body.get("errors").is_none())
+        .collect();
+    let lost: Vec<_> = outcomes
+        .iter()
+        .filter(|r| r.code() == Some("CONFLICT"))
+        .collect();
+    assert_eq!((won.len(), lost.len()), (1, 1), "{a:?} {b:?}");
+    assert!(lost[0].message().contains("changed by someone else"));
+    let winner = won[0].data()["updatePlanItem"]["description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(won[0].data()["updatePlanItem"]["version"], 2);
+    let plan = app
+        .gql_as(Some(&token), None, "query($id: ID!) { person(id: $id) { supportPlan { description version shares { amount { amount } } } } }", json!({ "id": ids[0] }))
+        .await;
+    let stored = &plan.data()["person"]["supportPlan"][0];
+    assert_eq!(stored["description"], winner.as_str());
+    assert_eq!(stored["version"], 2);
+    assert_eq!(stored["shares"].as_array().unwrap().len(), 1);
+    // The loser can re-read and apply its change on the new version.
+    let mut retry = edit("Edit again", "3300.00");
+    retry["input"]["expectedVersion"] = json!(2);
+    let retried = app.gql_as(Some(&token), None, UPDATE, retry).await;
+    assert_eq!(retried.data()["updatePlanItem"]["version"], 3);
+}
+
+#[tokio::test]
+async fn over_commitment_and_double_funding_are_warned_against_their_stream_and_items() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let phb_award = "phb:PHB-55";
+    let mut big = wheelchair(
+        &ids[0],
+        json!([{ "streamId": "phb", "amount": "20000.00", "awardId": phb_award }]),
+    );
+    big["input"]["cost"] = json!("20000.00");
+    let first = app.gql_as(Some(&token), None, ADD, big.clone()).await;
+    let second = app.gql_as(Some(&token), None, ADD, big).await;
+    let budget = app.budget(&ids[0]).await;
+    let codes = warning_codes(&budget, "phb");
+    assert!(codes.contains(&"OVER_COMMITTED".to_owned()), "{codes:?}");
+    let double: Vec<&Value> = budget["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["code"] == "DOUBLE_FUNDED")
+        .collect();
+    let items: Vec<&Value> = double.iter().map(|w| &w["itemId"]).collect();
+    assert_eq!(items.len(), 2);
+    assert!(items.contains(&&first.data()["addPlanItem"]["id"]));
+    assert!(items.contains(&&second.data()["addPlanItem"]["id"]));
+    assert_eq!(
+        stream(&budget, "phb").unwrap()["remaining"]["amount"],
+        "-14000.00"
+    );
+}
+
+#[tokio::test]
+async fn a_review_within_42_days_or_past_is_warned() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    // Person 0's health budget was due for review on 2026-10-01, before today.
+    let budget = app.budget(&ids[0]).await;
+    assert!(warning_codes(&budget, "phb").contains(&"REVIEW_DUE".to_owned()));
+}
+
+#[tokio::test]
+async fn a_window_is_a_financial_year_or_from_and_to() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let q = "query($id: ID!, $fy: String, $from: Date, $to: Date) { person(id: $id) { superBudget(financialYear: $fy, from: $from, to: $to) { from to gross { amount } } } }";
+    let half = app
+        .gql_as(
+            Some(&token),
+            None,
+            q,
+            json!({ "id": ids[0], "from": "2026-04-01", "to": "2026-09-30" }),
+        )
+        .await;
+    let b = &half.data()["person"]["superBudget"];
+    assert_eq!(
+        (b["from"].as_str(), b["to"].as_str()),
+        (Some("2026-04-01"), Some("2026-09-30"))
+    );
+    for bad in [
+        json!({ "id": ids[0], "fy": "2026-28" }),
+        json!({ "id": ids[0], "from": "2026-04-01" }),
+        json!({ "id": ids[0], "fy": "2026-27", "from": "2026-04-01", "to": "2026-05-01" }),
+        json!({ "id": ids[0], "from": "2026-05-01", "to": "2026-04-01" }),
+    ] {
+        let r = app.gql_as(Some(&token), None, q, bad.clone()).await;
+        assert_eq!(r.code(), Some("BAD_USER_INPUT"), "{bad}");
+    }
+}
