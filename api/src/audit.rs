@@ -50,13 +50,78 @@ pub async fn append(
     actor: &Principal,
     event: NewEvent<'_>,
 ) -> ApiResult<()> {
+    append_many(txn, actor, std::slice::from_ref(&event)).await
+}
+
+/// Records reads of personal data: one event per read, all in one transaction, so a request
+/// that reads a page of people costs a fixed number of writes.
+pub async fn record_reads(
+    db: &DatabaseConnection,
+    actor: &Principal,
+    reads: &[(String, &'static str)],
+) -> ApiResult<()> {
+    if reads.is_empty() {
+        return Ok(());
+    }
+    let events: Vec<NewEvent<'_>> = reads
+        .iter()
+        .map(|(person, what)| NewEvent {
+            action: what,
+            person_id: Some(person.as_str()),
+            detail: Value::Null,
+        })
+        .collect();
+    let txn = begin_write(db).await?;
+    append_many(&txn, actor, &events).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Appends events in order inside `txn`, which must come from [`begin_write`].
+pub async fn append_many(
+    txn: &DatabaseTransaction,
+    actor: &Principal,
+    events: &[NewEvent<'_>],
+) -> ApiResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let head = audit_head::Entity::find_by_id(1)
         .one(txn)
         .await?
         .ok_or_else(|| {
             ApiError::Internal(anyhow::anyhow!("the audit chain head row is missing"))
         })?;
-    let seq = head.seq + 1;
+    let mut seq = head.seq;
+    let mut prev = head.hash;
+    let mut rows = Vec::with_capacity(events.len());
+    for event in events {
+        seq += 1;
+        let (row, hash) = event_row(seq, &prev, actor, event);
+        rows.push(row);
+        prev = hash;
+    }
+    for chunk in rows.chunks(500) {
+        audit_event::Entity::insert_many(chunk.to_vec())
+            .exec(txn)
+            .await?;
+    }
+    audit_head::ActiveModel {
+        id: Set(1),
+        seq: Set(seq),
+        hash: Set(prev),
+    }
+    .update(txn)
+    .await?;
+    Ok(())
+}
+
+fn event_row(
+    seq: i64,
+    prev_hash: &str,
+    actor: &Principal,
+    event: &NewEvent<'_>,
+) -> (audit_event::ActiveModel, String) {
     // Microseconds: what PostgreSQL keeps, so the hash still matches once stored.
     let at = Utc::now().trunc_subsecs(6);
     let id = uuid::Uuid::now_v7().to_string();
@@ -74,10 +139,10 @@ pub async fn append(
         purpose: actor.purpose.as_deref(),
         request_id: &actor.request_id,
     };
-    let hash = fields.hash(&head.hash);
-    audit_event::ActiveModel {
+    let hash = fields.hash(prev_hash);
+    let row = audit_event::ActiveModel {
         seq: Set(seq),
-        id: Set(id.clone()),
+        id: Set(id),
         at: Set(at),
         actor_sub: Set(actor.sub.clone()),
         actor_role: Set(actor.role.as_str().to_owned()),
@@ -87,19 +152,10 @@ pub async fn append(
         detail: Set(detail),
         purpose: Set(actor.purpose.clone()),
         request_id: Set(actor.request_id.clone()),
-        prev_hash: Set(head.hash.clone()),
+        prev_hash: Set(prev_hash.to_owned()),
         hash: Set(hash.clone()),
-    }
-    .insert(txn)
-    .await?;
-    audit_head::ActiveModel {
-        id: Set(1),
-        seq: Set(seq),
-        hash: Set(hash),
-    }
-    .update(txn)
-    .await?;
-    Ok(())
+    };
+    (row, hash)
 }
 
 /// The fields an event's hash covers, in a fixed order.
@@ -238,4 +294,131 @@ pub async fn verify(db: &impl ConnectionTrait) -> ApiResult<ChainStatus> {
         events: count,
         head_hash: prev,
     })
+}
+
+/// A signed record of the chain head, written outside the database, so truncating the log or
+/// rewriting it wholesale is caught.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Anchor {
+    /// The head's sequence number.
+    pub seq: i64,
+    /// The head's hash.
+    pub hash: String,
+    /// When it was anchored (RFC 3339).
+    pub at: String,
+    /// HMAC-SHA256 over `seq:hash:at`, hex.
+    pub signature: String,
+}
+
+fn sign(key: &secrecy::SecretString, seq: i64, hash: &str, at: &str) -> ApiResult<String> {
+    use hmac::Mac;
+    use secrecy::ExposeSecret;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("{e}"), "the anchor key cannot be used"))?;
+    mac.update(format!("{seq}:{hash}:{at}").as_bytes());
+    Ok(hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Signs the current chain head and writes it to `dir` as `anchor-<seq>.json`.
+pub async fn anchor(
+    db: &impl ConnectionTrait,
+    dir: &std::path::Path,
+    key: &secrecy::SecretString,
+) -> ApiResult<Anchor> {
+    let head = audit_head::Entity::find_by_id(1)
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("the audit chain head row is missing"))
+        })?;
+    let at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+    let anchor = Anchor {
+        seq: head.seq,
+        signature: sign(key, head.seq, &head.hash, &at)?,
+        hash: head.hash,
+        at,
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ApiError::internal(e, "creating the anchor directory"))?;
+    let json = serde_json::to_string_pretty(&anchor)
+        .map_err(|e| ApiError::internal(e, "serialising an anchor"))?;
+    let path = dir.join(format!("anchor-{:012}.json", anchor.seq));
+    std::fs::write(&path, json).map_err(|e| ApiError::internal(e, "writing an anchor"))?;
+    Ok(anchor)
+}
+
+/// Reads every anchor in `dir`, checking each signature.
+pub fn read_anchors(
+    dir: &std::path::Path,
+    key: &secrecy::SecretString,
+) -> Result<Vec<Anchor>, String> {
+    let mut anchors = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(anchors),
+        Err(e) => return Err(format!("the anchor directory cannot be read: {e}")),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("anchor-") && name.ends_with(".json")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| format!("{name}: {e}"))?;
+        let anchor: Anchor =
+            serde_json::from_str(&text).map_err(|e| format!("{name} is not an anchor: {e}"))?;
+        let expected =
+            sign(key, anchor.seq, &anchor.hash, &anchor.at).map_err(|e| e.to_string())?;
+        if expected != anchor.signature {
+            return Err(format!(
+                "{name} has a bad signature: the anchor itself was altered"
+            ));
+        }
+        anchors.push(anchor);
+    }
+    anchors.sort_by_key(|a| a.seq);
+    Ok(anchors)
+}
+
+/// Checks the chain, then that every anchored head is still in it unchanged.
+pub async fn verify_with_anchors(
+    db: &impl ConnectionTrait,
+    dir: &std::path::Path,
+    key: &secrecy::SecretString,
+) -> ApiResult<ChainStatus> {
+    let status = verify(db).await?;
+    let ChainStatus::Holds { events, .. } = &status else {
+        return Ok(status);
+    };
+    let anchors = match read_anchors(dir, key) {
+        Ok(anchors) => anchors,
+        Err(reason) => return Ok(ChainStatus::Broken { seq: 0, reason }),
+    };
+    for anchor in anchors {
+        if anchor.seq == 0 {
+            continue;
+        }
+        if anchor.seq > *events {
+            return Ok(ChainStatus::Broken {
+                seq: *events + 1,
+                reason: format!(
+                    "the log ends at event {events} but an anchor of {} records event {}: truncated",
+                    anchor.at, anchor.seq
+                ),
+            });
+        }
+        let event = audit_event::Entity::find_by_id(anchor.seq)
+            .one(db)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("an anchored event vanished")))?;
+        if event.hash != anchor.hash {
+            return Ok(ChainStatus::Broken {
+                seq: anchor.seq,
+                reason: format!(
+                    "event {} no longer has the hash anchored at {}: the chain was rewritten",
+                    anchor.seq, anchor.at
+                ),
+            });
+        }
+    }
+    Ok(status)
 }

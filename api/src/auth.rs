@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AuthSettings;
+use crate::config::{AuthSettings, JwtAlgorithm};
 use crate::error::ApiError;
 
 /// The roles API-CONTRACT.md fixes.
@@ -116,8 +116,15 @@ pub struct Principal {
 
 /// Verifies tokens with configured keys.
 pub struct Authenticator {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
+}
+
+enum Keys {
+    /// One shared secret.
+    Shared(DecodingKey),
+    /// Public keys by `kid`.
+    ByKid(std::collections::HashMap<String, DecodingKey>),
 }
 
 impl fmt::Debug for Authenticator {
@@ -127,17 +134,78 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// HS256 with a shared secret.
-    pub fn hs256(settings: &AuthSettings, secret: &SecretString) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
+    fn validation(settings: &AuthSettings, algorithm: Algorithm) -> Validation {
+        // One algorithm, pinned by configuration: a token naming another (`none`, or HS256
+        // signed with an RSA public key as the secret) is refused.
+        let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[settings.issuer.as_str()]);
         validation.set_audience(&[settings.audience.as_str()]);
         validation.set_required_spec_claims(&["iss", "aud", "exp", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = settings.leeway_secs;
+        validation
+    }
+
+    /// HS256 with a shared secret.
+    pub fn hs256(settings: &AuthSettings, secret: &SecretString) -> Self {
         Self {
-            key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
-            validation,
+            keys: Keys::Shared(DecodingKey::from_secret(secret.expose_secret().as_bytes())),
+            validation: Self::validation(settings, Algorithm::HS256),
+        }
+    }
+
+    /// RS256 or ES256 with the public keys of a JWKS document, by `kid`.
+    pub fn from_jwks(settings: &AuthSettings, jwks_json: &str) -> anyhow::Result<Self> {
+        let algorithm = match settings.algorithm {
+            JwtAlgorithm::RS256 => Algorithm::RS256,
+            JwtAlgorithm::ES256 => Algorithm::ES256,
+            JwtAlgorithm::HS256 => anyhow::bail!("auth.jwks_file is for RS256 or ES256, not HS256"),
+        };
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(jwks_json)
+            .map_err(|e| anyhow::anyhow!("auth.jwks_file is not a JWKS document: {e}"))?;
+        let mut keys = std::collections::HashMap::new();
+        for jwk in &set.keys {
+            let kid = jwk
+                .common
+                .key_id
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("auth.jwks_file: every key needs a kid"))?;
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|e| anyhow::anyhow!("auth.jwks_file: key {kid} cannot be used: {e}"))?;
+            keys.insert(kid, key);
+        }
+        if keys.is_empty() {
+            anyhow::bail!("auth.jwks_file holds no keys");
+        }
+        Ok(Self {
+            keys: Keys::ByKid(keys),
+            validation: Self::validation(settings, algorithm),
+        })
+    }
+
+    /// The authenticator the configuration asks for.
+    pub fn from_settings(settings: &crate::config::Settings) -> anyhow::Result<Self> {
+        match settings.auth.algorithm {
+            JwtAlgorithm::HS256 => {
+                let secret = settings.hs256_secret()?.ok_or_else(|| {
+                    anyhow::anyhow!("configuration error: auth.hs256_secret_env must name the variable holding the HS256 secret")
+                })?;
+                Ok(Self::hs256(&settings.auth, &secret))
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                let path = settings.auth.jwks_file.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "configuration error: auth.jwks_file is required for RS256 and ES256"
+                    )
+                })?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "configuration error: auth.jwks_file {}: {e}",
+                        path.display()
+                    )
+                })?;
+                Self::from_jwks(&settings.auth, &text)
+            }
         }
     }
 
@@ -148,11 +216,30 @@ impl Authenticator {
         purpose: Option<String>,
         request_id: String,
     ) -> Result<Principal, ApiError> {
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-                tracing::debug!(request_id, reason = ?e.kind(), "token refused");
-                ApiError::Unauthenticated
-            })?;
+        let refuse = |reason: &str| {
+            tracing::debug!(request_id, reason, "token refused");
+            ApiError::Unauthenticated
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|_| refuse("unreadable header"))?;
+        if header
+            .typ
+            .as_deref()
+            .is_some_and(|t| !t.eq_ignore_ascii_case("JWT") && !t.eq_ignore_ascii_case("at+jwt"))
+        {
+            return Err(refuse("unexpected typ"));
+        }
+        let key = match &self.keys {
+            Keys::Shared(key) => key,
+            Keys::ByKid(keys) => header
+                .kid
+                .as_deref()
+                .and_then(|kid| keys.get(kid))
+                .ok_or_else(|| refuse("unknown kid"))?,
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+            tracing::debug!(request_id, reason = ?e.kind(), "token refused");
+            ApiError::Unauthenticated
+        })?;
         let claims = data.claims;
         let role = claims.role.parse::<Role>().map_err(|()| {
             tracing::debug!(request_id, "token refused: unknown role");
@@ -196,6 +283,16 @@ impl TokenIssuer {
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
         }
+    }
+
+    /// Signs any claims as they are (for tools and tests that need unusual tokens).
+    pub fn sign_raw(&self, claims: &impl Serialize) -> anyhow::Result<String> {
+        self.sign_raw_with(Header::new(Algorithm::HS256), claims)
+    }
+
+    /// Signs any claims under a given header.
+    pub fn sign_raw_with(&self, header: Header, claims: &impl Serialize) -> anyhow::Result<String> {
+        Ok(jsonwebtoken::encode(&header, claims, &self.key)?)
     }
 
     /// A token for `sub` in `role`, valid for `ttl_secs`.

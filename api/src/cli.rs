@@ -57,8 +57,11 @@ pub enum Command {
 /// `tributary audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exit 0 when it holds, non-zero naming the first broken event.
+    /// Check the hash chain (and the anchors, when configured); exit 0 when it holds,
+    /// non-zero naming the first broken event.
     Verify,
+    /// Sign the chain head and write it to `audit.anchor_dir`.
+    Anchor,
 }
 
 #[cfg(test)]

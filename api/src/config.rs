@@ -25,9 +25,100 @@ pub struct Settings {
     /// Token validation.
     #[serde(default)]
     pub auth: AuthSettings,
+    /// Limits against abuse.
+    #[serde(default)]
+    pub limits: LimitSettings,
+    /// The audit log's anchors.
+    #[serde(default)]
+    pub audit: AuditSettings,
     /// One table per partner system.
     #[serde(default, rename = "connector")]
     pub connectors: Vec<ConnectorSettings>,
+}
+
+/// `[limits]`: set on purpose, since async-graphql leaves most of them off.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Deepest selection nesting allowed.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// Highest query complexity (one per field, multiplied through lists by async-graphql's rules).
+    #[serde(default = "default_max_complexity")]
+    pub max_complexity: usize,
+    /// Most aliases in one document.
+    #[serde(default = "default_max_aliases")]
+    pub max_aliases: usize,
+    /// Most directives on one field.
+    #[serde(default = "default_max_directives")]
+    pub max_directives: usize,
+    /// Most operations in one batched request.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Largest request body, refused before it is read whole.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Requests a second one token may make, sustained.
+    #[serde(default = "default_per_token_per_second")]
+    pub per_token_per_second: u32,
+    /// Requests one token may make in a burst.
+    #[serde(default = "default_per_token_burst")]
+    pub per_token_burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_depth: default_max_depth(),
+            max_complexity: default_max_complexity(),
+            max_aliases: default_max_aliases(),
+            max_directives: default_max_directives(),
+            max_batch: default_max_batch(),
+            max_body_bytes: default_max_body_bytes(),
+            per_token_per_second: default_per_token_per_second(),
+            per_token_burst: default_per_token_burst(),
+        }
+    }
+}
+
+fn default_max_depth() -> usize {
+    12
+}
+fn default_max_complexity() -> usize {
+    5000
+}
+fn default_max_aliases() -> usize {
+    30
+}
+fn default_max_directives() -> usize {
+    4
+}
+fn default_max_batch() -> usize {
+    5
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+fn default_per_token_per_second() -> u32 {
+    200
+}
+fn default_per_token_burst() -> u32 {
+    400
+}
+
+/// `[audit]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Where signed anchors of the chain head are written (outside the database).
+    #[serde(default)]
+    pub anchor_dir: Option<std::path::PathBuf>,
+    /// The environment variable holding the anchor signing key (HMAC-SHA256, 32+ characters).
+    #[serde(default)]
+    pub anchor_key_env: Option<String>,
+    /// How often the server anchors the chain head; 0 = only on `tributary audit anchor`.
+    #[serde(default)]
+    pub anchor_interval_secs: u64,
 }
 
 /// `[server]`.
@@ -100,6 +191,25 @@ pub struct AuthSettings {
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     #[serde(default = "default_leeway_secs")]
     pub leeway_secs: u64,
+    /// The one signing algorithm accepted: HS256, RS256 or ES256. Never taken from a token.
+    #[serde(default)]
+    pub algorithm: JwtAlgorithm,
+    /// For RS256/ES256: a JWKS file of public keys, chosen by each token's `kid` (several keys
+    /// allow rotation).
+    #[serde(default)]
+    pub jwks_file: Option<std::path::PathBuf>,
+}
+
+/// The accepted token algorithm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret.
+    #[default]
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256, public keys from `jwks_file`.
+    RS256,
+    /// ECDSA P-256 with SHA-256, public keys from `jwks_file`.
+    ES256,
 }
 
 impl Default for AuthSettings {
@@ -109,6 +219,8 @@ impl Default for AuthSettings {
             audience: default_audience(),
             hs256_secret_env: Some("TRIBUTARY_JWT_SECRET".into()),
             leeway_secs: default_leeway_secs(),
+            algorithm: JwtAlgorithm::HS256,
+            jwks_file: None,
         }
     }
 }
@@ -193,6 +305,25 @@ impl Settings {
                 problem: "must start with sqlite: or postgres://".into(),
             });
         }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_depth", l.max_depth),
+            ("limits.max_complexity", l.max_complexity),
+            ("limits.max_batch", l.max_batch),
+            ("limits.max_body_bytes", l.max_body_bytes),
+            (
+                "limits.per_token_per_second",
+                l.per_token_per_second as usize,
+            ),
+            ("limits.per_token_burst", l.per_token_burst as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    problem: "must be at least 1".into(),
+                });
+            }
+        }
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "database.max_connections".into(),
@@ -210,6 +341,24 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Reads the anchor signing key from the environment variable the config names.
+    pub fn anchor_key(&self) -> Result<Option<SecretString>, ConfigError> {
+        let Some(var) = &self.audit.anchor_key_env else {
+            return Ok(None);
+        };
+        match std::env::var(var) {
+            Ok(value) if value.len() >= 32 => Ok(Some(SecretString::from(value))),
+            Ok(_) => Err(ConfigError::Invalid {
+                key: "audit.anchor_key_env".into(),
+                problem: format!("the key in {var} must be at least 32 characters"),
+            }),
+            Err(_) => Err(ConfigError::Invalid {
+                key: "audit.anchor_key_env".into(),
+                problem: format!("names {var}, which is not set in the environment"),
+            }),
+        }
     }
 
     /// Reads the HS256 secret from the environment variable the config names.

@@ -13,6 +13,7 @@ pub mod db;
 pub mod demo;
 pub mod error;
 pub mod graphql;
+pub mod limits;
 pub mod services;
 pub mod startup;
 pub mod telemetry;

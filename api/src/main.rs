@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
 use connectors::{Registry, Secrets};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -57,10 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let secret = settings
-                .hs256_secret()?
-                .context("auth.hs256_secret_env must name the variable holding the HS256 secret")?;
-            let auth = Authenticator::hs256(&settings.auth, &secret);
+            let auth = Authenticator::from_settings(&settings)?;
             let app = Application::build(settings, auth, &Secrets::from_env()).await?;
             tracing::info!(port = app.port(), "serving GraphQL at /graphql");
             app.run_until_stopped().await?;
@@ -103,6 +99,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let conn = db::connect(&settings.database).await?;
             db::migrate(&conn).await?;
             println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Anchor,
+        } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let conn = db::connect(&settings.database).await?;
+            let (Some(dir), Some(key)) = (&settings.audit.anchor_dir, settings.anchor_key()?)
+            else {
+                anyhow::bail!(
+                    "configuration error: audit.anchor_dir and audit.anchor_key_env must be set to anchor"
+                );
+            };
+            let anchor = audit::anchor(&conn, dir, &key).await?;
+            println!(
+                "anchored event {} ({}) in {}",
+                anchor.seq,
+                anchor.hash,
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::Server;
@@ -9,14 +10,14 @@ use actix_web::http::header;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use async_graphql::http::GraphiQLSource;
-use async_graphql_actix_web::GraphQLRequest;
 use connectors::{Registry, Secrets, Shape};
 use sea_orm::DatabaseConnection;
 
 use crate::auth::Authenticator;
-use crate::config::Settings;
+use crate::config::{LimitSettings, Settings};
 use crate::error::ApiError;
 use crate::graphql::{AppContext, TributarySchema, build_schema};
+use crate::limits::{self, Refusal, TokenRate};
 use crate::services::bulk::sync_extract;
 
 /// The header an agency or auditor states its purpose in.
@@ -26,6 +27,8 @@ struct HttpState {
     schema: TributarySchema,
     auth: Arc<Authenticator>,
     db: DatabaseConnection,
+    limits: LimitSettings,
+    rate: TokenRate,
 }
 
 /// A built server, bound and ready to run.
@@ -34,6 +37,8 @@ pub struct Application {
     server: Server,
     db: DatabaseConnection,
     registry: Arc<Registry>,
+    queries: Arc<AtomicU64>,
+    anchoring: Option<(std::path::PathBuf, secrecy::SecretString, Duration)>,
 }
 
 impl std::fmt::Debug for Application {
@@ -52,9 +57,22 @@ impl Application {
         auth: Authenticator,
         secrets: &Secrets,
     ) -> anyhow::Result<Self> {
-        let db = crate::db::connect(&settings.database).await?;
+        let mut db = crate::db::connect(&settings.database).await?;
         crate::db::migrate(&db).await?;
-        Self::with_database(settings, auth, secrets, db).await
+        // Counted from here on, so a test can see how many queries a request costs.
+        let queries = Arc::new(AtomicU64::new(0));
+        let counter = queries.clone();
+        db.set_metric_callback(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let mut app = Self::with_database(settings, auth, secrets, db).await?;
+        app.queries = queries;
+        Ok(app)
+    }
+
+    /// How many database queries the server has run (counted when built by `build`).
+    pub fn query_counter(&self) -> Arc<AtomicU64> {
+        self.queries.clone()
     }
 
     /// As [`Application::build`], over an already migrated store.
@@ -91,16 +109,18 @@ impl Application {
                 registry: registry.clone(),
             },
             dev,
+            &settings.limits,
         );
         let state = web::Data::new(HttpState {
             schema,
             auth: Arc::new(auth),
             db: db.clone(),
+            rate: TokenRate::new(&settings.limits),
+            limits: settings.limits.clone(),
         });
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(state.clone())
-                .app_data(web::JsonConfig::default().limit(256 * 1024))
                 .route("/graphql", web::post().to(graphql))
                 .route("/health/live", web::get().to(live))
                 .route("/health/ready", web::get().to(ready));
@@ -112,11 +132,21 @@ impl Application {
         .workers(2)
         .listen(listener)?
         .run();
+        let anchoring = match (&settings.audit.anchor_dir, settings.anchor_key()?) {
+            (Some(dir), Some(key)) if settings.audit.anchor_interval_secs > 0 => Some((
+                dir.clone(),
+                key,
+                Duration::from_secs(settings.audit.anchor_interval_secs),
+            )),
+            _ => None,
+        };
         Ok(Self {
             port,
             server,
             db,
             registry,
+            queries: Arc::new(AtomicU64::new(0)),
+            anchoring,
         })
     }
 
@@ -152,6 +182,19 @@ impl Application {
                 }
             }));
         }
+        if let Some((dir, key, every)) = self.anchoring.clone() {
+            let db = self.db.clone();
+            refreshers.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                loop {
+                    ticker.tick().await;
+                    match crate::audit::anchor(&db, &dir, &key).await {
+                        Ok(anchor) => tracing::info!(seq = anchor.seq, "audit chain anchored"),
+                        Err(e) => tracing::warn!(error = %e, "anchoring the audit chain failed"),
+                    }
+                }
+            }));
+        }
         let result = self.server.await;
         for refresher in refreshers {
             refresher.abort();
@@ -170,27 +213,45 @@ fn error_body(error: &ApiError, request_id: &str) -> serde_json::Value {
     })
 }
 
+fn refuse(refusal: &Refusal, request_id: &str) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(refusal.status())
+        .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+    let mut response = HttpResponse::build(status);
+    if *refusal == Refusal::RateLimited {
+        response.insert_header((header::RETRY_AFTER, "1"));
+    }
+    response
+        .insert_header(("x-request-id", request_id.to_owned()))
+        .json(serde_json::json!({
+            "data": null,
+            "errors": [{
+                "message": refusal.message(),
+                "extensions": { "code": refusal.code(), "requestId": request_id }
+            }]
+        }))
+}
+
 async fn graphql(
     state: web::Data<HttpState>,
     request: HttpRequest,
-    body: GraphQLRequest,
+    payload: web::Payload,
 ) -> HttpResponse {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let span = tracing::info_span!("graphql", request_id = %request_id);
-    let _guard = span.enter();
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    let token = text(header::AUTHORIZATION.as_str())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let purpose = request
-        .headers()
-        .get(PURPOSE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let principal = match token {
-        Some(token) => state.auth.authenticate(token, purpose, request_id.clone()),
+        Some(token) => state.auth.authenticate(
+            token,
+            text(PURPOSE_HEADER).map(str::to_owned),
+            request_id.clone(),
+        ),
         None => Err(ApiError::Unauthenticated),
     };
     let principal = match principal {
@@ -201,24 +262,75 @@ async fn graphql(
                 .json(error_body(&e, &request_id));
         }
     };
-    drop(_guard);
-    let role = principal.role;
-    let mut response = state
-        .schema
-        .execute(body.into_inner().data(principal))
-        .await;
-    // Errors raised before any resolver ran (parse, validation, a malformed scalar) are the
-    // caller's input: give them the documented code too.
-    for error in &mut response.errors {
-        let extensions = error.extensions.get_or_insert_with(Default::default);
-        if extensions.get("code").is_none() {
-            extensions.set("code", "BAD_USER_INPUT");
-        }
+    if let Err(refusal) = state
+        .rate
+        .check(&format!("{}:{}", principal.role, principal.sub))
+    {
+        return refuse(&refusal, &request_id);
     }
-    tracing::info!(request_id = %request_id, role = %role, errors = response.errors.len(), "graphql request");
-    HttpResponse::Ok()
-        .insert_header(("x-request-id", request_id))
-        .json(response)
+    if !limits::is_json(text(header::CONTENT_TYPE.as_str())) {
+        return refuse(&Refusal::NotJson, &request_id);
+    }
+    let declared = text(header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok());
+    let body = match limits::read_body(payload, declared, state.limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(refusal) => return refuse(&refusal, &request_id),
+    };
+    let batch: async_graphql::BatchRequest = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(e) => return refuse(&Refusal::Malformed(e.to_string()), &request_id),
+    };
+    if let Err(refusal) = limits::check_batch(&batch, &state.limits) {
+        return refuse(&refusal, &request_id);
+    }
+    let role = principal.role;
+    let reads = Arc::new(crate::graphql::ReadLog::default());
+    let run = |request: async_graphql::Request| {
+        state.schema.execute(
+            request
+                .data(principal.clone())
+                .data(crate::graphql::loaders::Loaders::new(&state.db))
+                .data(reads.clone()),
+        )
+    };
+    let mut responses = match batch {
+        async_graphql::BatchRequest::Single(request) => vec![run(request).await],
+        async_graphql::BatchRequest::Batch(requests) => {
+            let mut out = Vec::with_capacity(requests.len());
+            for request in requests {
+                out.push(run(request).await);
+            }
+            out
+        }
+    };
+    // No personal data leaves without its read in the audit log.
+    if let Err(e) = crate::audit::record_reads(&state.db, &principal, &reads.take()).await {
+        let e = ApiError::internal(anyhow::anyhow!("{e}"), "recording reads in the audit log");
+        tracing::error!(request_id = %request_id, error = ?e, "audit write failed; answer withheld");
+        return HttpResponse::InternalServerError()
+            .insert_header(("x-request-id", request_id.clone()))
+            .json(error_body(&e, &request_id));
+    }
+    let mut errors = 0;
+    for response in &mut responses {
+        // Errors raised before any resolver ran (parse, validation, a limit, a malformed
+        // scalar) are the caller's input: give them the documented code too.
+        for error in &mut response.errors {
+            let extensions = error.extensions.get_or_insert_with(Default::default);
+            if extensions.get("code").is_none() {
+                extensions.set("code", "BAD_USER_INPUT");
+            }
+        }
+        errors += response.errors.len();
+    }
+    tracing::info!(request_id = %request_id, role = %role, errors, "graphql request");
+    let mut reply = HttpResponse::Ok();
+    reply.insert_header(("x-request-id", request_id));
+    if responses.len() == 1 && matches!(body.first(), Some(b'{')) {
+        reply.json(&responses[0])
+    } else {
+        reply.json(&responses)
+    }
 }
 
 async fn live() -> HttpResponse {

@@ -503,3 +503,56 @@ async fn a_window_is_a_financial_year_or_from_and_to() {
         assert_eq!(r.code(), Some("BAD_USER_INPUT"), "{bad}");
     }
 }
+
+/// Queries one request costs: the page of people, each with budget and plan.
+async fn queries_for_page(app: &TestApp, first: usize) -> u64 {
+    let auditor = app.token("test-auditor", tributary::auth::Role::Auditor);
+    let before = app.queries.load(std::sync::atomic::Ordering::SeqCst);
+    let response = app
+        .gql_as(
+            Some(&auditor),
+            Some("caseload audit"),
+            "query($first: Int) { people(first: $first) { edges { node { id superBudget { gross { amount } streams { status awards { id } } } supportPlan { id shares { amount { amount } } } } } } }",
+            json!({ "first": first }),
+        )
+        .await;
+    let edges = response.data()["people"]["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), first);
+    assert!(edges.iter().all(|e| {
+        e["node"]["superBudget"]["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "FRESH")
+    }));
+    app.queries.load(std::sync::atomic::Ordering::SeqCst) - before
+}
+
+#[tokio::test]
+async fn many_peoples_budgets_cost_a_fixed_number_of_queries() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    app.gql_as(
+        Some(&token),
+        None,
+        ADD,
+        wheelchair(&ids[0], json!([{ "streamId": "phb", "percent": "100" }])),
+    )
+    .await
+    .data();
+    // Every snapshot stored and young, so no partner is asked during the count.
+    let noop = |_: u64, _: u64| {};
+    tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
+        .await
+        .unwrap();
+    let few = queries_for_page(&app, 5).await;
+    let many = queries_for_page(&app, 50).await;
+    // Unbatched, each person costs about eight queries (400 for 50). Batched, the count does
+    // not grow with the page; a loader batch split by scheduling may add a few.
+    assert!(
+        many <= few + 8,
+        "5 people cost {few} queries, 50 cost {many}: the reads are not batched"
+    );
+    assert!(many < 40, "{many} queries for a page of 50 budgets");
+}

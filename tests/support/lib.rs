@@ -48,6 +48,8 @@ pub struct TestApp {
     pub sandboxes: Sandboxes,
     /// The server's connectors.
     pub registry: Arc<connectors::Registry>,
+    /// Database queries the server has run.
+    pub queries: Arc<std::sync::atomic::AtomicU64>,
     _dir: tempfile::TempDir,
 }
 
@@ -147,12 +149,16 @@ pub async fn spawn_app_with_secrets(
         uuid::Uuid::new_v4().simple()
     ));
     let issuer = TokenIssuer::hs256(&settings.auth, &secret);
-    let auth = Authenticator::hs256(&settings.auth, &secret);
+    let auth = match settings.auth.algorithm {
+        tributary::config::JwtAlgorithm::HS256 => Authenticator::hs256(&settings.auth, &secret),
+        _ => Authenticator::from_settings(&settings).expect("the JWKS loads"),
+    };
     let app = Application::build(settings, auth, &secrets)
         .await
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let registry = app.registry().clone();
+    let queries = app.query_counter();
     let db = app.db().clone();
     tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -166,11 +172,17 @@ pub async fn spawn_app_with_secrets(
         world,
         sandboxes,
         registry,
+        queries,
         _dir: dir,
     }
 }
 
 impl TestApp {
+    /// The server's issuer and audience, for hand-made tokens.
+    pub fn issuer(&self) -> &TokenIssuer {
+        &self.issuer
+    }
+
     /// A token for `sub` in `role`.
     pub fn token(&self, sub: &str, role: Role) -> String {
         self.issuer.issue(sub, role, Vec::new(), None, 600).unwrap()
@@ -278,6 +290,28 @@ impl TestApp {
             .gql_as(Some(&self.person(id)), None, BUDGET, json!({ "id": id }))
             .await;
         response.data()["person"]["superBudget"].clone()
+    }
+
+    /// Runs raw SQL against the server's store (tests tamper with it on purpose).
+    pub async fn execute(&self, sql: &str) {
+        self.db.execute_unprepared(sql).await.unwrap();
+    }
+
+    /// The audit actions recorded about a person, oldest first.
+    pub async fn actions_for(&self, person_id: &str) -> Vec<String> {
+        let rows = self
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                format!(
+                    "SELECT action FROM audit_events WHERE person_id = '{person_id}' ORDER BY seq"
+                ),
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<String>("", "action").unwrap())
+            .collect()
     }
 
     /// Counts rows in a table.

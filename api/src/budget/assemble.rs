@@ -437,3 +437,168 @@ fn cap_warnings(
         year = Window::financial_year(fy.to.year());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+    use connectors::{Counting, Frequency};
+    use proptest::prelude::*;
+
+    fn day(offset: i64) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 4, 1).unwrap_or(NaiveDate::MIN) + Duration::days(offset)
+    }
+
+    prop_compose! {
+        fn award()(
+            frequency in prop_oneof![
+                Just(Frequency::Weekly), Just(Frequency::FourWeekly), Just(Frequency::Monthly),
+                Just(Frequency::Annual), Just(Frequency::OneOff)
+            ],
+            counting in prop_oneof![Just(Counting::Active), Just(Counting::Ended), Just(Counting::Paused), Just(Counting::Indicative)],
+            lines in proptest::collection::vec(1i64..2_000_000, 0..4),
+            single in 0i64..5_000_000,
+            contribution in proptest::option::of(0i64..500_000),
+            start in proptest::option::of(-800i64..800),
+            length in proptest::option::of(0i64..900),
+            paid in -800i64..800,
+            review in proptest::option::of(-100i64..400),
+        ) -> Award {
+            let amount = if lines.is_empty() { single } else { lines.iter().sum() };
+            let start_date = start.map(day);
+            Award {
+                upstream_id: format!("A{amount}-{paid}"),
+                version: None,
+                purpose: format!("p{}", amount % 3),
+                delivery: None,
+                frequency,
+                amount: Decimal::new(amount, 2),
+                contribution: contribution.map(|c| Decimal::new(c, 2)),
+                start_date,
+                end_date: start_date.zip(length).map(|(s, l)| s + Duration::days(l)),
+                review_date: review.map(day),
+                payment_date: Some(day(paid)),
+                status: "x".into(),
+                counting,
+                lines: lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, pence)| AwardLine {
+                        upstream_id: format!("L{i}"),
+                        purpose: format!("line{}", i % 2),
+                        delivery: None,
+                        description: None,
+                        amount: Decimal::new(*pence, 2),
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    fn stream(id: &str, awards: Vec<Award>) -> StreamInput {
+        StreamInput {
+            id: id.into(),
+            name: id.into(),
+            kind: "test".into(),
+            status: SourceStatus::Fresh,
+            source: Some(SourceMeta {
+                connector: id.into(),
+                version: None,
+                fetched_at: Utc::now(),
+                content_hash: "h".into(),
+            }),
+            records: Some(PersonRecords {
+                subject_key: "K".into(),
+                awards,
+                ..PersonRecords::default()
+            }),
+            rejected: Vec::new(),
+            yearly_cap: None,
+            problem: None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_total_is_the_exact_sum_of_its_parts(
+            a in proptest::collection::vec(award(), 0..6),
+            b in proptest::collection::vec(award(), 0..6),
+            from in -400i64..400,
+            length in 0i64..800,
+            committed in 0i128..3_000_000,
+        ) {
+            let window = Window::new(day(from), day(from + length)).unwrap_or(Window { from: day(0), to: day(0) });
+            let commitments = [Commitment { stream_id: "a".into(), item_id: "i".into(), award_id: None, pence: committed }];
+            let view = assemble(window, day(0), vec![stream("a", a), stream("b", b)], &commitments);
+            let streams_gross: i128 = view.streams.iter().map(|s| s.gross).sum();
+            let purposes: i128 = view.purposes.iter().map(|(_, p)| p).sum();
+            prop_assert_eq!(view.gross, streams_gross);
+            prop_assert_eq!(view.gross, purposes);
+            prop_assert_eq!(view.net, view.streams.iter().map(|s| s.net).sum::<i128>());
+            prop_assert_eq!(view.remaining, view.net - view.committed);
+            prop_assert_eq!(view.committed, committed);
+            for s in &view.streams {
+                prop_assert_eq!(s.gross, s.awards.iter().map(|a| a.entitlement).sum::<i128>());
+                prop_assert_eq!(s.contribution, s.awards.iter().map(|a| a.contribution).sum::<i128>());
+                prop_assert_eq!(s.net, (s.gross - s.contribution).max(0));
+                prop_assert_eq!(s.remaining, s.net - s.committed);
+                for award in &s.awards {
+                    prop_assert!(award.entitlement >= 0);
+                    if !award.lines.is_empty() {
+                        prop_assert_eq!(award.lines.iter().map(|(_, p)| p).sum::<i128>(), award.entitlement);
+                    }
+                    if matches!(award.award.counting, Counting::Paused | Counting::Indicative) {
+                        prop_assert_eq!(award.entitlement, 0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_contribution_above_gross_nets_to_zero_for_its_own_stream_only() {
+        let mut council = Award {
+            upstream_id: "PB".into(),
+            version: None,
+            purpose: "social_care".into(),
+            delivery: None,
+            frequency: Frequency::Weekly,
+            amount: Decimal::new(6000, 2),
+            contribution: Some(Decimal::new(7500, 2)),
+            start_date: Some(day(0)),
+            end_date: None,
+            review_date: None,
+            payment_date: None,
+            status: "agreed".into(),
+            counting: Counting::Active,
+            lines: Vec::new(),
+        };
+        let mut other = council.clone();
+        other.contribution = None;
+        council.upstream_id = "PB-1".into();
+        let window = Window::parse_financial_year("2026-27").unwrap_or(Window {
+            from: day(0),
+            to: day(0),
+        });
+        let view = assemble(
+            window,
+            day(0),
+            vec![stream("council", vec![council]), stream("ilf", vec![other])],
+            &[],
+        );
+        // 60.00 x 365 / 7 = 3128.57; contribution 75.00 x 365 / 7 = 3910.71.
+        assert_eq!(view.streams[0].net, 0);
+        assert_eq!(view.streams[1].net, 312_857);
+        assert_eq!(
+            view.net, 312_857,
+            "the person's net is more than gross minus contribution"
+        );
+        assert_eq!(view.gross - view.contribution, 625_714 - 391_071);
+        assert!(
+            view.warnings
+                .iter()
+                .any(|w| w.code == "CONTRIBUTION_EXCEEDS_GROSS"
+                    && w.stream_id.as_deref() == Some("council"))
+        );
+    }
+}

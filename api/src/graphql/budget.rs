@@ -198,26 +198,33 @@ impl Award {
 impl Award {
     /// The plan items that draw on this award: the trace from an award to what it funds.
     async fn plan_items(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<PlanItem>> {
+        use crate::services::sources::StoreReader;
         let principal = principal(ctx)?;
         let app = app(ctx)?;
-        crate::services::plan::for_people(&app.db, std::slice::from_ref(&self.1))
-            .await
-            .map(|mut by_person| {
-                by_person
-                    .remove(&self.1)
-                    .unwrap_or_default()
+        let result = async {
+            let loaders = ctx.data::<super::loaders::Loaders>().map_err(|_| {
+                crate::error::ApiError::Internal(anyhow::anyhow!("request without loaders"))
+            })?;
+            let scope = crate::services::access::budget_scope(&app.db, principal, &self.1).await?;
+            let items = crate::services::plan::within_scope(
+                loaders.plan_items(&self.1).await?,
+                scope.as_deref(),
+            );
+            Ok::<_, crate::error::ApiError>(
+                items
                     .into_iter()
                     .filter(|item| {
                         item.shares
                             .iter()
-                            .any(|s| s.award_id.as_deref() == Some(&self.0.id))
+                            .any(|s| s.award_id.as_deref() == Some(self.0.id.as_str()))
                     })
                     .map(PlanItem)
-                    .collect()
-            })
-            .gql(principal)
+                    .collect(),
+            )
+        }
+        .await;
+        result.gql(principal)
     }
-
     /// The hub's id: `stream:upstreamId`.
     async fn id(&self) -> ID {
         ID(self.0.id.clone())

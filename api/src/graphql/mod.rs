@@ -1,7 +1,10 @@
 //! The GraphQL schema: one module per domain, merged, with resolvers that only translate
 //! between GraphQL types and the services.
 
+pub mod audit;
 pub mod budget;
+pub mod consent;
+pub mod loaders;
 pub mod persons;
 pub mod plan;
 pub mod scalars;
@@ -12,6 +15,7 @@ use connectors::ConnectorSettings;
 use sea_orm::DatabaseConnection;
 
 use crate::auth::Principal;
+use crate::config::LimitSettings;
 use crate::error::{ApiError, ApiResult};
 
 /// Everything resolvers share, held once per server.
@@ -27,26 +31,35 @@ pub struct AppContext {
 
 /// The root query.
 #[derive(MergedObject, Default)]
-pub struct Query(persons::PersonsQuery, streams::StreamsQuery);
+pub struct Query(
+    persons::PersonsQuery,
+    streams::StreamsQuery,
+    audit::AuditQuery,
+);
 
 /// The root mutation.
 #[derive(MergedObject, Default)]
-pub struct Mutation(persons::PersonsMutation, plan::PlanMutation);
+pub struct Mutation(
+    persons::PersonsMutation,
+    plan::PlanMutation,
+    consent::ConsentMutation,
+);
 
 /// The served schema's type.
 pub type TributarySchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// The schema with its limits, before per-server data is attached.
-pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+pub fn schema_builder(limits: &LimitSettings) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .limit_depth(12)
-        .limit_complexity(5_000)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .limit_directives(limits.max_directives)
         .limit_recursive_depth(32)
 }
 
 /// The schema a server serves.
-pub fn build_schema(app: AppContext, dev: bool) -> TributarySchema {
-    let mut builder = schema_builder().data(app);
+pub fn build_schema(app: AppContext, dev: bool, limits: &LimitSettings) -> TributarySchema {
+    let mut builder = schema_builder(limits).data(app);
     if !dev {
         builder = builder.disable_introspection().disable_suggestions();
     }
@@ -55,7 +68,7 @@ pub fn build_schema(app: AppContext, dev: bool) -> TributarySchema {
 
 /// The published SDL: what `schema.graphql` must hold.
 pub fn sdl() -> String {
-    schema_builder().finish().sdl()
+    schema_builder(&LimitSettings::default()).finish().sdl()
 }
 
 /// The caller, set by the HTTP layer on every request.
@@ -78,5 +91,32 @@ pub(crate) trait GqlResult<T> {
 impl<T> GqlResult<T> for ApiResult<T> {
     fn gql(self, principal: &Principal) -> async_graphql::Result<T> {
         self.map_err(|e| e.into_graphql(&principal.request_id))
+    }
+}
+
+/// The reads of personal data one request made, written to the audit log before its answer
+/// leaves the server.
+#[derive(Debug, Default)]
+pub struct ReadLog(std::sync::Mutex<Vec<(String, &'static str)>>);
+
+impl ReadLog {
+    /// Takes what was recorded.
+    pub fn take(&self) -> Vec<(String, &'static str)> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// Notes that this request read `what` of `person_id`'s data.
+pub(crate) fn log_read(ctx: &Context<'_>, person_id: &str, what: &'static str) {
+    if let Ok(log) = ctx.data::<std::sync::Arc<ReadLog>>() {
+        log.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((person_id.to_owned(), what));
     }
 }

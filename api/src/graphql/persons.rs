@@ -9,7 +9,7 @@ use chrono::SecondsFormat;
 use super::budget::SuperBudget;
 use super::plan::PlanItem;
 use super::scalars::Date;
-use super::{GqlResult, app, principal};
+use super::{GqlResult, app, log_read, principal};
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::services::access;
@@ -99,29 +99,83 @@ impl Person {
                 to.map(|d| d.0),
                 chrono::Utc::now().date_naive(),
             )?;
-            budget_service::super_budget(&app.db, &app.registry, principal, &self.0, window).await
+            let loaders = ctx
+                .data::<super::loaders::Loaders>()
+                .map_err(|_| ApiError::Internal(anyhow::anyhow!("request without loaders")))?;
+            budget_service::super_budget(
+                &app.db,
+                loaders,
+                &app.registry,
+                principal,
+                &self.0,
+                window,
+            )
+            .await
         }
         .await;
-        result
-            .map(|view| SuperBudget(view, self.0.id.clone()))
-            .gql(principal)
+        let view = result.gql(principal)?;
+        log_read(ctx, &self.0.id, "budget.read");
+        Ok(SuperBudget(view, self.0.id.clone()))
+    }
+
+    /// The person's sharing permissions, newest first (the person, their representative and
+    /// auditors only).
+    async fn consents(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<super::consent::Consent>> {
+        let principal = principal(ctx)?;
+        let app = app(ctx)?;
+        let result = async {
+            if principal.role != Role::Auditor {
+                crate::services::consent::can_decide(principal, &self.0.id)?;
+            }
+            crate::services::consent::list(&app.db, &self.0.id).await
+        }
+        .await;
+        let list = result.gql(principal)?;
+        log_read(ctx, &self.0.id, "consents.read");
+        Ok(list.into_iter().map(super::consent::Consent).collect())
+    }
+
+    /// Who looked at or changed this person's data, when, and for what stated purpose, newest
+    /// first: the person's own "who looked at my record" (the person and their representative
+    /// only).
+    async fn access_log(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<super::audit::AuditEvent>> {
+        let principal = principal(ctx)?;
+        let app = app(ctx)?;
+        let result = async {
+            crate::services::consent::can_decide(principal, &self.0.id)?;
+            super::audit::access_log(&app.db, &self.0.id).await
+        }
+        .await;
+        result.gql(principal)
     }
 
     /// The person's support plan: what they plan to buy and which streams fund it.
     async fn support_plan(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<PlanItem>> {
+        use crate::services::sources::StoreReader;
         let principal = principal(ctx)?;
-        let app = app(ctx)?;
-        crate::services::plan::for_people(&app.db, std::slice::from_ref(&self.0.id))
-            .await
-            .map(|mut by_person| {
-                by_person
-                    .remove(&self.0.id)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(PlanItem)
-                    .collect()
-            })
-            .gql(principal)
+        let result = async {
+            let loaders = ctx
+                .data::<super::loaders::Loaders>()
+                .map_err(|_| ApiError::Internal(anyhow::anyhow!("request without loaders")))?;
+            let scope = access::budget_scope(
+                &app(ctx).map_err(|_| ApiError::Unauthenticated)?.db,
+                principal,
+                &self.0.id,
+            )
+            .await?;
+            let items = loaders.plan_items(&self.0.id).await?;
+            Ok::<_, ApiError>(crate::services::plan::within_scope(items, scope.as_deref()))
+        }
+        .await;
+        let items = result.gql(principal)?;
+        log_read(ctx, &self.0.id, "plan.read");
+        Ok(items.into_iter().map(PlanItem).collect())
     }
 
     /// The trace for auditors as CSV: every award in the window with the upstream record,
@@ -146,7 +200,9 @@ impl Person {
             budget_service::trace_csv(&app.db, &app.registry, principal, &self.0, window).await
         }
         .await;
-        result.gql(principal)
+        let csv = result.gql(principal)?;
+        log_read(ctx, &self.0.id, "trace.read");
+        Ok(csv)
     }
 }
 
@@ -206,10 +262,9 @@ impl PersonsQuery {
     async fn person(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Person>> {
         let principal = principal(ctx)?;
         let db = &app(ctx)?.db;
-        read_person(db, principal, &id)
-            .await
-            .map(|p| Some(Person(p)))
-            .gql(principal)
+        let person = read_person(db, principal, &id).await.gql(principal)?;
+        log_read(ctx, &person.id, "person.read");
+        Ok(Some(Person(person)))
     }
 
     /// A person by one of the identifiers a fund knows them by.
@@ -228,7 +283,9 @@ impl PersonsQuery {
             read_person(db, principal, &id).await
         }
         .await;
-        result.map(|p| Some(Person(p))).gql(principal)
+        let person = result.gql(principal)?;
+        log_read(ctx, &person.id, "person.read");
+        Ok(Some(Person(person)))
     }
 
     /// Everyone registered, in registration order, a page at a time (administrators and
@@ -248,6 +305,9 @@ impl PersonsQuery {
             })?;
             let after = after.as_deref().map(decode_cursor).transpose()?;
             let page = service::list(db, first, after.as_deref()).await?;
+            for person in &page.people {
+                log_read(ctx, &person.id, "person.read");
+            }
             let mut connection = Connection::new(after.is_some(), page.has_next);
             connection.edges.extend(
                 page.people

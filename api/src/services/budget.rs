@@ -11,6 +11,7 @@ use crate::budget::period::{Window, to_pounds};
 use crate::error::{ApiError, ApiResult};
 use crate::services::access;
 use crate::services::persons::PersonRecord;
+use crate::services::sources::{DirectStore, StoreReader};
 use crate::services::{plan, sources};
 
 /// The longest window a view may cover.
@@ -53,18 +54,22 @@ pub fn resolve_window(
 /// The person's combined budget in `window`, as far as `principal` may see it.
 pub async fn super_budget(
     db: &DatabaseConnection,
+    store: &dyn StoreReader,
     registry: &Registry,
     principal: &Principal,
     person: &PersonRecord,
     window: Window,
 ) -> ApiResult<BudgetView> {
     let scope = access::budget_scope(db, principal, &person.id).await?;
-    let streams =
-        sources::gather(db, registry, &person.identifier_pairs(), scope.as_deref()).await?;
-    let items = plan::for_people(db, std::slice::from_ref(&person.id))
-        .await?
-        .remove(&person.id)
-        .unwrap_or_default();
+    let streams = sources::gather(
+        db,
+        store,
+        registry,
+        &person.identifier_pairs(),
+        scope.as_deref(),
+    )
+    .await?;
+    let items = plan::within_scope(store.plan_items(&person.id).await?, scope.as_deref());
     let commitments = commitments(&items, &window, scope.as_deref());
     Ok(assemble(
         window,
@@ -106,11 +111,15 @@ pub async fn trace_csv(
     person: &PersonRecord,
     window: Window,
 ) -> ApiResult<String> {
-    let view = super_budget(db, registry, principal, person, window).await?;
-    let items = plan::for_people(db, std::slice::from_ref(&person.id))
-        .await?
-        .remove(&person.id)
-        .unwrap_or_default();
+    let view = super_budget(db, &DirectStore(db), registry, principal, person, window).await?;
+    let scope = access::budget_scope(db, principal, &person.id).await?;
+    let items = plan::within_scope(
+        plan::for_people(db, std::slice::from_ref(&person.id))
+            .await?
+            .remove(&person.id)
+            .unwrap_or_default(),
+        scope.as_deref(),
+    );
     let pounds = |pence: i128| crate::graphql::scalars::format_pounds(to_pounds(pence));
     let mut out = csv::Writer::from_writer(Vec::new());
     let csv_error = |e: csv::Error| ApiError::internal(e, "writing the trace CSV");

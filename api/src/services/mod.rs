@@ -4,6 +4,7 @@
 pub mod access;
 pub mod budget;
 pub mod bulk;
+pub mod consent;
 pub mod persons;
 pub mod plan;
 pub mod sources;

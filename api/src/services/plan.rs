@@ -529,3 +529,15 @@ pub async fn for_people(
     }
     Ok(out)
 }
+
+/// The items a caller may see: with a scope (an agency's consented streams), only items every
+/// share of which draws on a stream in it, so nothing reveals an unshared stream.
+pub fn within_scope(items: Vec<Item>, scope: Option<&[String]>) -> Vec<Item> {
+    match scope {
+        None => items,
+        Some(streams) => items
+            .into_iter()
+            .filter(|item| item.shares.iter().all(|s| streams.contains(&s.stream_id)))
+            .collect(),
+    }
+}

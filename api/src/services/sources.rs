@@ -145,25 +145,113 @@ async fn load_snapshot(
     connector: &str,
     subject_key: &str,
 ) -> ApiResult<Option<(PersonRecords, SourceMeta)>> {
-    let Some(row) = upstream_snapshot::Entity::find()
+    upstream_snapshot::Entity::find()
         .filter(upstream_snapshot::Column::Connector.eq(connector))
         .filter(upstream_snapshot::Column::SubjectKey.eq(subject_key))
         .one(db)
         .await?
-    else {
-        return Ok(None);
-    };
+        .map(decode_snapshot)
+        .transpose()
+}
+
+/// Reads from the snapshot store. Services read directly; the GraphQL layer hands in a reader
+/// that batches the reads of a whole request (DataLoader), so resolving many people's budgets
+/// costs a fixed number of queries, not a few per person.
+#[async_trait::async_trait]
+pub trait StoreReader: Send + Sync {
+    /// The stored snapshot of one subject from one live connector.
+    async fn snapshot(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> ApiResult<Option<(PersonRecords, SourceMeta)>>;
+    /// A bulk connector's current extract.
+    async fn current_extract(&self, connector: &str) -> ApiResult<Option<bulk_extract::Model>>;
+    /// One subject's records in an extract.
+    async fn bulk_rows(
+        &self,
+        extract_id: &str,
+        subject_key: &str,
+    ) -> ApiResult<Vec<bulk_record::Model>>;
+    /// Rejected records kept for one subject of one connector.
+    async fn rejected(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> ApiResult<Vec<rejected_record::Model>>;
+    /// A person's plan items with their shares.
+    async fn plan_items(&self, person_id: &str) -> ApiResult<Vec<crate::services::plan::Item>>;
+}
+
+/// Reads the store one query at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectStore<'a>(pub &'a DatabaseConnection);
+
+#[async_trait::async_trait]
+impl StoreReader for DirectStore<'_> {
+    async fn snapshot(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> ApiResult<Option<(PersonRecords, SourceMeta)>> {
+        load_snapshot(self.0, connector, subject_key).await
+    }
+
+    async fn current_extract(&self, connector: &str) -> ApiResult<Option<bulk_extract::Model>> {
+        Ok(bulk_extract::Entity::find()
+            .filter(bulk_extract::Column::Connector.eq(connector))
+            .filter(bulk_extract::Column::Current.eq(true))
+            .one(self.0)
+            .await?)
+    }
+
+    async fn bulk_rows(
+        &self,
+        extract_id: &str,
+        subject_key: &str,
+    ) -> ApiResult<Vec<bulk_record::Model>> {
+        Ok(bulk_record::Entity::find()
+            .filter(bulk_record::Column::ExtractId.eq(extract_id))
+            .filter(bulk_record::Column::SubjectKey.eq(subject_key))
+            .all(self.0)
+            .await?)
+    }
+
+    async fn rejected(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> ApiResult<Vec<rejected_record::Model>> {
+        Ok(rejected_record::Entity::find()
+            .filter(rejected_record::Column::Connector.eq(connector))
+            .filter(rejected_record::Column::SubjectKey.eq(subject_key))
+            .all(self.0)
+            .await?)
+    }
+
+    async fn plan_items(&self, person_id: &str) -> ApiResult<Vec<crate::services::plan::Item>> {
+        Ok(
+            crate::services::plan::for_people(self.0, &[person_id.to_owned()])
+                .await?
+                .remove(person_id)
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// Decodes a stored snapshot row.
+pub fn decode_snapshot(row: upstream_snapshot::Model) -> ApiResult<(PersonRecords, SourceMeta)> {
     let records: PersonRecords = serde_json::from_str(&row.records)
         .map_err(|e| ApiError::internal(e, "a stored snapshot cannot be read"))?;
-    Ok(Some((
+    Ok((
         records,
         SourceMeta {
-            connector: connector.to_owned(),
+            connector: row.connector,
             version: row.version,
             fetched_at: row.fetched_at,
             content_hash: row.content_hash,
         },
-    )))
+    ))
 }
 
 fn input(connector: &dyn Connector, status: SourceStatus) -> StreamInput {
@@ -192,12 +280,13 @@ fn with_records(mut stream: StreamInput, records: PersonRecords, meta: SourceMet
 /// is asked, and if it fails the last snapshot is served STALE.
 async fn live(
     db: &DatabaseConnection,
+    store: &dyn StoreReader,
     connector: &dyn Connector,
     subject: &Subject,
 ) -> ApiResult<StreamInput> {
     let id = connector.settings().id.0.clone();
     let key = subject.key();
-    let snapshot = load_snapshot(db, &id, &key).await?;
+    let snapshot = store.snapshot(&id, &key).await?;
     let ttl = chrono::Duration::seconds(
         i64::try_from(connector.settings().cache_ttl_secs).unwrap_or(i64::MAX / 2),
     );
@@ -241,27 +330,18 @@ async fn live(
 
 /// One bulk stream for one person: read from the loaded extract, never downloaded per query.
 async fn bulk(
-    db: &DatabaseConnection,
+    store: &dyn StoreReader,
     connector: &dyn Connector,
     subject: &Subject,
 ) -> ApiResult<StreamInput> {
     let id = connector.settings().id.0.clone();
     let key = subject.key();
-    let Some(extract) = bulk_extract::Entity::find()
-        .filter(bulk_extract::Column::Connector.eq(&id))
-        .filter(bulk_extract::Column::Current.eq(true))
-        .one(db)
-        .await?
-    else {
+    let Some(extract) = store.current_extract(&id).await? else {
         let mut stream = input(connector, SourceStatus::Unavailable);
         stream.problem = Some("its extract has not been loaded yet".into());
         return Ok(stream);
     };
-    let rows = bulk_record::Entity::find()
-        .filter(bulk_record::Column::ExtractId.eq(&extract.id))
-        .filter(bulk_record::Column::SubjectKey.eq(&key))
-        .all(db)
-        .await?;
+    let rows = store.bulk_rows(&extract.id, &key).await?;
     let mut awards = Vec::with_capacity(rows.len());
     for row in rows {
         awards.push(
@@ -269,10 +349,8 @@ async fn bulk(
                 .map_err(|e| ApiError::internal(e, "a stored extract record cannot be read"))?,
         );
     }
-    let rejected = rejected_record::Entity::find()
-        .filter(rejected_record::Column::Connector.eq(&id))
-        .filter(rejected_record::Column::SubjectKey.eq(&key))
-        .all(db)
+    let rejected = store
+        .rejected(&id, &key)
         .await?
         .into_iter()
         .map(|r| Rejected {
@@ -323,6 +401,7 @@ async fn bulk(
 /// `allowed` limits which streams are asked at all (an agency's consented streams).
 pub async fn gather(
     db: &DatabaseConnection,
+    store: &dyn StoreReader,
     registry: &Registry,
     identifiers: &[(IdentifierScheme, String)],
     allowed: Option<&[String]>,
@@ -334,8 +413,8 @@ pub async fn gather(
             let subject = connector.subject(identifiers)?;
             Some(async move {
                 match connector.shape() {
-                    Shape::Live => live(db, connector.as_ref(), &subject).await,
-                    Shape::Bulk => bulk(db, connector.as_ref(), &subject).await,
+                    Shape::Live => live(db, store, connector.as_ref(), &subject).await,
+                    Shape::Bulk => bulk(store, connector.as_ref(), &subject).await,
                 }
             })
         });
@@ -361,7 +440,7 @@ pub async fn stored_award(
         return Ok(None);
     };
     let stream = match connector.shape() {
-        Shape::Bulk => bulk(db, connector.as_ref(), &subject).await?,
+        Shape::Bulk => bulk(&DirectStore(db), connector.as_ref(), &subject).await?,
         Shape::Live => match load_snapshot(db, stream_id, &subject.key()).await? {
             Some((records, meta)) => with_records(
                 input(connector.as_ref(), SourceStatus::Fresh),

@@ -1,0 +1,235 @@
+//! Per-request batching of store reads (async-graphql's DataLoader): the budgets of a page of
+//! people are read in a fixed number of queries, however long the page.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use connectors::PersonRecords;
+use entities::{bulk_extract, bulk_record, rejected_record, upstream_snapshot};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+
+use crate::budget::assemble::SourceMeta;
+use crate::error::{ApiError, ApiResult};
+use crate::services::plan::{self, Item};
+use crate::services::sources::{StoreReader, decode_snapshot};
+
+type Shared<E> = Arc<E>;
+
+fn shared(e: impl Into<ApiError>) -> Shared<ApiError> {
+    Arc::new(e.into())
+}
+
+fn unshare(e: Shared<ApiError>) -> ApiError {
+    match Arc::try_unwrap(e) {
+        Ok(e) => e,
+        Err(e) => ApiError::Internal(anyhow::anyhow!("{e}")),
+    }
+}
+
+/// Groups `(a, b)` keys by `a`.
+fn by_first(keys: &[(String, String)]) -> HashMap<&str, Vec<&str>> {
+    let mut groups: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (a, b) in keys {
+        groups.entry(a.as_str()).or_default().push(b.as_str());
+    }
+    groups
+}
+
+/// Snapshots by (connector, subject key).
+pub struct Snapshots(DatabaseConnection);
+
+impl Loader<(String, String)> for Snapshots {
+    type Value = (PersonRecords, SourceMeta);
+    type Error = Shared<ApiError>;
+
+    async fn load(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Self::Value>, Self::Error> {
+        let mut out = HashMap::new();
+        for (connector, subjects) in by_first(keys) {
+            for row in upstream_snapshot::Entity::find()
+                .filter(upstream_snapshot::Column::Connector.eq(connector))
+                .filter(upstream_snapshot::Column::SubjectKey.is_in(subjects))
+                .all(&self.0)
+                .await
+                .map_err(shared)?
+            {
+                let key = (row.connector.clone(), row.subject_key.clone());
+                out.insert(key, decode_snapshot(row).map_err(shared)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Current extracts by connector.
+pub struct Extracts(DatabaseConnection);
+
+impl Loader<String> for Extracts {
+    type Value = bulk_extract::Model;
+    type Error = Shared<ApiError>;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        Ok(bulk_extract::Entity::find()
+            .filter(bulk_extract::Column::Connector.is_in(keys.to_vec()))
+            .filter(bulk_extract::Column::Current.eq(true))
+            .all(&self.0)
+            .await
+            .map_err(shared)?
+            .into_iter()
+            .map(|e| (e.connector.clone(), e))
+            .collect())
+    }
+}
+
+/// Extract rows by (extract id, subject key).
+pub struct BulkRows(DatabaseConnection);
+
+impl Loader<(String, String)> for BulkRows {
+    type Value = Vec<bulk_record::Model>;
+    type Error = Shared<ApiError>;
+
+    async fn load(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Self::Value>, Self::Error> {
+        let mut out: HashMap<(String, String), Self::Value> = HashMap::new();
+        for (extract, subjects) in by_first(keys) {
+            for row in bulk_record::Entity::find()
+                .filter(bulk_record::Column::ExtractId.eq(extract))
+                .filter(bulk_record::Column::SubjectKey.is_in(subjects))
+                .all(&self.0)
+                .await
+                .map_err(shared)?
+            {
+                out.entry((row.extract_id.clone(), row.subject_key.clone()))
+                    .or_default()
+                    .push(row);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Rejected records by (connector, subject key).
+pub struct RejectedRows(DatabaseConnection);
+
+impl Loader<(String, String)> for RejectedRows {
+    type Value = Vec<rejected_record::Model>;
+    type Error = Shared<ApiError>;
+
+    async fn load(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Self::Value>, Self::Error> {
+        let mut out: HashMap<(String, String), Self::Value> = HashMap::new();
+        for (connector, subjects) in by_first(keys) {
+            for row in rejected_record::Entity::find()
+                .filter(rejected_record::Column::Connector.eq(connector))
+                .filter(rejected_record::Column::SubjectKey.is_in(subjects))
+                .all(&self.0)
+                .await
+                .map_err(shared)?
+            {
+                if let Some(subject) = row.subject_key.clone() {
+                    out.entry((row.connector.clone(), subject))
+                        .or_default()
+                        .push(row);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Plan items by person id.
+pub struct PlanItems(DatabaseConnection);
+
+impl Loader<String> for PlanItems {
+    type Value = Vec<Item>;
+    type Error = Shared<ApiError>;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        plan::for_people(&self.0, keys).await.map_err(shared)
+    }
+}
+
+/// One request's loaders.
+pub struct Loaders {
+    snapshots: DataLoader<Snapshots>,
+    extracts: DataLoader<Extracts>,
+    bulk_rows: DataLoader<BulkRows>,
+    rejected: DataLoader<RejectedRows>,
+    plan_items: DataLoader<PlanItems>,
+}
+
+impl Loaders {
+    /// Fresh loaders (each request gets its own, so nothing is cached across requests).
+    pub fn new(db: &DatabaseConnection) -> Self {
+        Self {
+            snapshots: DataLoader::new(Snapshots(db.clone()), tokio::spawn),
+            extracts: DataLoader::new(Extracts(db.clone()), tokio::spawn),
+            bulk_rows: DataLoader::new(BulkRows(db.clone()), tokio::spawn),
+            rejected: DataLoader::new(RejectedRows(db.clone()), tokio::spawn),
+            plan_items: DataLoader::new(PlanItems(db.clone()), tokio::spawn),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StoreReader for Loaders {
+    async fn snapshot(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> ApiResult<Option<(PersonRecords, SourceMeta)>> {
+        self.snapshots
+            .load_one((connector.to_owned(), subject_key.to_owned()))
+            .await
+            .map_err(unshare)
+    }
+
+    async fn current_extract(&self, connector: &str) -> ApiResult<Option<bulk_extract::Model>> {
+        self.extracts
+            .load_one(connector.to_owned())
+            .await
+            .map_err(unshare)
+    }
+
+    async fn bulk_rows(
+        &self,
+        extract_id: &str,
+        subject_key: &str,
+    ) -> ApiResult<Vec<bulk_record::Model>> {
+        Ok(self
+            .bulk_rows
+            .load_one((extract_id.to_owned(), subject_key.to_owned()))
+            .await
+            .map_err(unshare)?
+            .unwrap_or_default())
+    }
+
+    async fn rejected(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> ApiResult<Vec<rejected_record::Model>> {
+        Ok(self
+            .rejected
+            .load_one((connector.to_owned(), subject_key.to_owned()))
+            .await
+            .map_err(unshare)?
+            .unwrap_or_default())
+    }
+
+    async fn plan_items(&self, person_id: &str) -> ApiResult<Vec<Item>> {
+        Ok(self
+            .plan_items
+            .load_one(person_id.to_owned())
+            .await
+            .map_err(unshare)?
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,201 @@
+//! Limits against abuse that are checked before a request reaches the schema: body size (refused
+//! before it is read whole), content type (no CSRF-able form posts), batch size, alias count,
+//! and a per-token rate limit. Depth, complexity and directives per field are the schema's own.
+
+use std::num::NonZeroU32;
+
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, Selection, SelectionSet,
+};
+use futures::StreamExt;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::LimitSettings;
+
+/// Why a request was refused before it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The body is larger than the limit.
+    TooLarge(usize),
+    /// The body is not JSON.
+    NotJson,
+    /// The body cannot be read as a GraphQL request.
+    Malformed(String),
+    /// Too many operations in a batch.
+    BatchTooLarge { given: usize, limit: usize },
+    /// Too many aliases.
+    TooManyAliases { given: usize, limit: usize },
+    /// The token is over its rate.
+    RateLimited,
+}
+
+impl Refusal {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::TooLarge(_) => 413,
+            Self::NotJson => 415,
+            Self::RateLimited => 429,
+            _ => 400,
+        }
+    }
+
+    /// The `extensions.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::RateLimited => "RATE_LIMITED",
+            _ => "BAD_USER_INPUT",
+        }
+    }
+
+    /// What to tell the caller.
+    pub fn message(&self) -> String {
+        match self {
+            Self::TooLarge(limit) => format!("the request body is larger than {limit} bytes"),
+            Self::NotJson => "send GraphQL as JSON with Content-Type: application/json".into(),
+            Self::Malformed(why) => format!("the request is not a GraphQL request: {why}"),
+            Self::BatchTooLarge { given, limit } => {
+                format!("a batch may hold at most {limit} operations; this one has {given}")
+            }
+            Self::TooManyAliases { given, limit } => {
+                format!("a query may use at most {limit} aliases; this one uses {given}")
+            }
+            Self::RateLimited => "too many requests for this token; slow down and retry".into(),
+        }
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes `limit` bytes.
+pub async fn read_body(
+    mut payload: actix_web::web::Payload,
+    declared: Option<usize>,
+    limit: usize,
+) -> Result<Vec<u8>, Refusal> {
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Refusal::TooLarge(limit));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| Refusal::Malformed("the body could not be read".into()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(Refusal::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Whether a Content-Type is JSON.
+pub fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn count_aliases(set: &SelectionSet) -> usize {
+    set.items
+        .iter()
+        .map(|selection| match &selection.node {
+            Selection::Field(field) => {
+                usize::from(field.node.alias.is_some())
+                    + count_aliases(&field.node.selection_set.node)
+            }
+            Selection::InlineFragment(fragment) => count_aliases(&fragment.node.selection_set.node),
+            Selection::FragmentSpread(_) => 0,
+        })
+        .sum()
+}
+
+/// Aliases in a whole document, fragments included.
+pub fn aliases(document: &ExecutableDocument) -> usize {
+    let operations: usize = match &document.operations {
+        DocumentOperations::Single(op) => count_aliases(&op.node.selection_set.node),
+        DocumentOperations::Multiple(ops) => ops
+            .values()
+            .map(|op| count_aliases(&op.node.selection_set.node))
+            .sum(),
+    };
+    operations
+        + document
+            .fragments
+            .values()
+            .map(|f| count_aliases(&f.node.selection_set.node))
+            .sum::<usize>()
+}
+
+/// Checks a parsed batch against the limits.
+pub fn check_batch(
+    batch: &async_graphql::BatchRequest,
+    limits: &LimitSettings,
+) -> Result<(), Refusal> {
+    let requests: Vec<&async_graphql::Request> = batch.iter().collect();
+    if requests.len() > limits.max_batch {
+        return Err(Refusal::BatchTooLarge {
+            given: requests.len(),
+            limit: limits.max_batch,
+        });
+    }
+    for request in requests {
+        // A query that does not parse is left to the schema, which reports it precisely.
+        if let Ok(document) = async_graphql::parser::parse_query(&request.query) {
+            let given = aliases(&document);
+            if given > limits.max_aliases {
+                return Err(Refusal::TooManyAliases {
+                    given,
+                    limit: limits.max_aliases,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A rate limiter keyed by token subject and role.
+pub struct TokenRate(DefaultKeyedRateLimiter<String>);
+
+impl std::fmt::Debug for TokenRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenRate")
+    }
+}
+
+impl TokenRate {
+    /// As configured.
+    pub fn new(limits: &LimitSettings) -> Self {
+        let per_second = NonZeroU32::new(limits.per_token_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.per_token_burst).unwrap_or(NonZeroU32::MIN);
+        Self(RateLimiter::keyed(
+            Quota::per_second(per_second).allow_burst(burst),
+        ))
+    }
+
+    /// Whether `key` may make another request now.
+    pub fn check(&self, key: &str) -> Result<(), Refusal> {
+        self.0
+            .check_key(&key.to_owned())
+            .map_err(|_| Refusal::RateLimited)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_counted_through_nesting_and_fragments() {
+        let doc = async_graphql::parser::parse_query(
+            "query { a: fundingStreams { id } b: fundingStreams { x: id } ...F } fragment F on Query { c: fundingStreams { id } }",
+        )
+        .unwrap();
+        assert_eq!(aliases(&doc), 4);
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json(Some("application/json")));
+        assert!(is_json(Some("application/json; charset=utf-8")));
+        assert!(!is_json(Some("text/plain")));
+        assert!(!is_json(Some("application/x-www-form-urlencoded")));
+        assert!(!is_json(None));
+    }
+}
