@@ -742,3 +742,52 @@ async fn introspection_and_suggestions_are_off_outside_dev() {
     assert!(!r.message().contains("Did you mean"), "{}", r.message());
     let _ = stream;
 }
+
+#[tokio::test]
+async fn only_auditors_read_the_chain() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let c = cast(&app).await;
+    let auditor = app.token("aud-1", Role::Auditor);
+    let r = app
+        .gql_as(
+            Some(&auditor),
+            Some("annual audit"),
+            "{ auditChain { holds events } auditLog(first: 5) { seq action actorRole } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.data()["auditChain"]["holds"], true);
+    assert_eq!(r.data()["auditLog"].as_array().unwrap().len(), 5);
+    for token in [app.person(&c.ada), app.admin(), app.agency("council-asc")] {
+        let r = app
+            .gql_as(
+                Some(&token),
+                Some("x"),
+                "{ auditChain { holds } }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.code(), Some("FORBIDDEN"));
+    }
+}
+
+async fn two_hub_instances_on_one_database_keep_one_chain(backend: Backend) {
+    let first = spawn_app(backend).await;
+    let second = tributary_tests::spawn_second_instance(&first).await;
+    let writes = (0..12).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        app.gql(
+            tributary_tests::REGISTER,
+            json!({ "input": { "givenName": "P", "familyName": format!("I{i}"), "dateOfBirth": "1980-01-01", "identifiers": [] } }),
+        )
+    });
+    for r in futures::future::join_all(writes).await {
+        r.data();
+    }
+    match audit::verify(&first.db).await.unwrap() {
+        ChainStatus::Holds { events, .. } => assert_eq!(events, 12),
+        broken => panic!("{broken:?}"),
+    }
+}
+
+tributary_tests::on_both_backends!(two_hub_instances_on_one_database_keep_one_chain);

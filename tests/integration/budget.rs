@@ -556,3 +556,39 @@ async fn many_peoples_budgets_cost_a_fixed_number_of_queries() {
     );
     assert!(many < 40, "{many} queries for a page of 50 budgets");
 }
+
+#[tokio::test]
+async fn a_stream_past_its_yearly_cap_is_warned() {
+    let app = tributary_tests::spawn_app_with(Backend::Sqlite, |s| {
+        for c in &mut s.connectors {
+            if c.id.as_str() == "access-to-work" {
+                c.yearly_cap = Some(Decimal::new(1_000_000, 2));
+            }
+        }
+    })
+    .await;
+    let ids = app.register_world().await;
+    let budget = app.budget(&ids[0]).await;
+    let warning = budget["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["code"] == "CAP_EXCEEDED")
+        .expect("a CAP_EXCEEDED warning");
+    assert_eq!(warning["streamId"], "access-to-work");
+    assert!(
+        warning["message"].as_str().unwrap().contains("17300.00"),
+        "{warning}"
+    );
+    assert!(
+        warning["message"].as_str().unwrap().contains("10000.00"),
+        "{warning}"
+    );
+    // At the configured 69260.00 the same awards are within the cap.
+    let normal = spawn_app(Backend::Sqlite).await;
+    let ids = normal.register_world().await;
+    assert!(
+        !warning_codes(&normal.budget(&ids[0]).await, "access-to-work")
+            .contains(&"CAP_EXCEEDED".to_owned())
+    );
+}

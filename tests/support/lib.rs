@@ -50,6 +50,8 @@ pub struct TestApp {
     pub registry: Arc<connectors::Registry>,
     /// Database queries the server has run.
     pub queries: Arc<std::sync::atomic::AtomicU64>,
+    /// The store's URL.
+    pub database_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -92,6 +94,18 @@ pub fn postgres_base_url() -> String {
         .to_owned()
 }
 
+/// A second hub instance over the same database as `first` (as behind a load balancer).
+pub async fn spawn_second_instance(first: &TestApp) -> TestApp {
+    let url = first.database_url.clone();
+    spawn_app_on(
+        Some(url),
+        Backend::Sqlite,
+        |_| {},
+        tributary::demo::sandbox_secrets(),
+    )
+    .await
+}
+
 /// A fresh, empty database URL on `backend`.
 pub async fn fresh_database(backend: Backend, dir: &tempfile::TempDir) -> String {
     match backend {
@@ -130,13 +144,26 @@ pub async fn spawn_app_with_secrets(
     adjust: impl FnOnce(&mut Settings),
     secrets: connectors::Secrets,
 ) -> TestApp {
+    spawn_app_on(None, backend, adjust, secrets).await
+}
+
+async fn spawn_app_on(
+    database_url: Option<String>,
+    backend: Backend,
+    adjust: impl FnOnce(&mut Settings),
+    secrets: connectors::Secrets,
+) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         tributary::telemetry::init(false);
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".into();
-    settings.database.url = fresh_database(backend, &dir).await;
+    settings.database.url = match database_url {
+        Some(url) => url,
+        None => fresh_database(backend, &dir).await,
+    };
+    let database_url = settings.database.url.clone();
     settings.database.max_connections = 8;
     let world = Arc::new(World::generate(DEMO_SEED, 60));
     let sandboxes = Sandboxes::start(world.clone()).expect("the sandboxes start");
@@ -173,6 +200,7 @@ pub async fn spawn_app_with_secrets(
         sandboxes,
         registry,
         queries,
+        database_url,
         _dir: dir,
     }
 }
