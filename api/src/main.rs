@@ -126,10 +126,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let settings = Settings::load(cli.config.as_deref())?;
             let conn = db::connect(&settings.database).await?;
-            match audit::verify(&conn)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-            {
+            let status = match (&settings.audit.anchor_dir, settings.anchor_key()?) {
+                (Some(dir), Some(key)) => audit::verify_with_anchors(&conn, dir, &key).await?,
+                _ => audit::verify(&conn).await?,
+            };
+            match status {
                 ChainStatus::Holds { events, head_hash } => {
                     println!("audit chain holds: {events} events, head {head_hash}");
                     Ok(ExitCode::SUCCESS)

@@ -10,7 +10,9 @@ use crate::config::ConnectorSettings;
 use crate::connector::{Connector, Subject, required_secret};
 use crate::error::ConnectorError;
 use crate::http::{Answer, Partner, PartnerAuth};
-use crate::model::{Award, Counting, Frequency, Payment, PersonRecords, Rejected, parse_pounds};
+use crate::model::{
+    Award, Counting, Frequency, Payment, PersonRecords, Rejected, json_error, parse_pounds,
+};
 use crate::secrets::Secrets;
 
 /// The Access to Work connector.
@@ -88,7 +90,7 @@ fn reject(subject_key: &str, upstream_id: Option<String>, reason: String, raw: &
 
 fn parse_element(award: &RawAward, raw: &Value) -> Result<Award, String> {
     let element: RawElement = serde_json::from_value(raw.clone())
-        .map_err(|e| format!("the element does not match the API: {e}"))?;
+        .map_err(|e| format!("the element does not match the API: {}", json_error(&e)))?;
     if !ELEMENTS.contains(&element.element.as_str()) {
         return Err(format!("unknown element '{}'", element.element));
     }
@@ -143,7 +145,7 @@ fn parse_element(award: &RawAward, raw: &Value) -> Result<Award, String> {
 /// Parses an awards body: one bad award, element or claim is rejected on its own.
 pub fn parse_awards(subject_key: &str, body: &[u8]) -> Result<PersonRecords, ConnectorError> {
     let parsed: Body = serde_json::from_slice(body)
-        .map_err(|e| ConnectorError::Malformed(format!("awards body: {e}")))?;
+        .map_err(|e| ConnectorError::Malformed(format!("awards body: {}", json_error(&e))))?;
     let mut records = PersonRecords {
         subject_key: subject_key.to_owned(),
         ..PersonRecords::default()
@@ -159,7 +161,7 @@ pub fn parse_awards(subject_key: &str, body: &[u8]) -> Result<PersonRecords, Con
                 records.rejected.push(reject(
                     subject_key,
                     id,
-                    format!("the award does not match the API: {e}"),
+                    format!("the award does not match the API: {}", json_error(&e)),
                     raw,
                 ));
                 continue;
@@ -196,7 +198,7 @@ pub fn parse_awards(subject_key: &str, body: &[u8]) -> Result<PersonRecords, Con
     }
     for raw in &parsed.claims_paid {
         let claim = serde_json::from_value::<RawClaim>(raw.clone())
-            .map_err(|e| format!("the claim does not match the API: {e}"))
+            .map_err(|e| format!("the claim does not match the API: {}", json_error(&e)))
             .and_then(|c| match parse_pounds(&c.amount) {
                 Some(amount) => Ok(Payment {
                     upstream_id: c.claim_ref,

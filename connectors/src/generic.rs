@@ -15,7 +15,7 @@ use crate::connector::{Connector, Subject, required_secret};
 use crate::error::ConnectorError;
 use crate::http::{Answer, Partner, PartnerAuth};
 use crate::identifiers::IdentifierScheme;
-use crate::model::{Award, Counting, Frequency, PersonRecords, Rejected, parse_pounds};
+use crate::model::{Award, Counting, Frequency, PersonRecords, Rejected, json_error, parse_pounds};
 use crate::secrets::Secrets;
 
 /// Where each field is, as JSON Pointers into the partner's answer.
@@ -212,8 +212,9 @@ impl Mapping {
 
     /// Reads every award of an answer: one bad record is rejected on its own.
     pub fn parse(&self, subject_key: &str, body: &[u8]) -> Result<PersonRecords, ConnectorError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ConnectorError::Malformed(format!("the answer is not JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ConnectorError::Malformed(format!("the answer is not JSON: {}", json_error(&e)))
+        })?;
         let list = value
             .pointer(&self.awards)
             .and_then(Value::as_array)

@@ -220,7 +220,10 @@ fn parse_row(record: &csv::StringRecord) -> Result<(String, Award), RowError> {
     if record.len() != HEADER.len() {
         return Err(RowError {
             upstream_id: id,
-            subject_key: None,
+            // Shown on the budget of the person it names, when the NINO can still be read.
+            subject_key: normalise_nino(field(1))
+                .ok()
+                .map(|nino| format!("{}:{nino}", IdentifierScheme::Nino.as_str())),
             reason: format!("the row has {} fields, not {}", record.len(), HEADER.len()),
         });
     }
@@ -427,6 +430,7 @@ ILF-8,ab 12 34 56 c,X,01/01/1980,10.00,4-weekly,01/04/2024,,,active
         assert!(rejected[4].reason.contains("award_amount"));
         assert!(rejected[5].reason.contains("start_date"));
         assert!(rejected[6].reason.contains("fields"));
+        assert_eq!(rejected[6].subject_key.as_deref(), Some("NINO:AB123456C"));
         assert_eq!(rejected[1].subject_key.as_deref(), Some("NINO:AB123456C"));
         // Raw keeps enough to find the row upstream, and no name or date of birth.
         assert!(!rejected.iter().any(|r| r.raw.contains("01/01/1980")));

@@ -11,7 +11,9 @@ use crate::connector::{Connector, Subject, required_secret};
 use crate::error::ConnectorError;
 use crate::http::{Answer, Partner, PartnerAuth};
 use crate::identifiers::IdentifierScheme;
-use crate::model::{Award, AwardLine, Counting, Frequency, PersonRecords, Rejected, parse_pounds};
+use crate::model::{
+    Award, AwardLine, Counting, Frequency, PersonRecords, Rejected, json_error, parse_pounds,
+};
 use crate::secrets::Secrets;
 
 /// The council connector.
@@ -93,8 +95,12 @@ fn money(field: &str, text: &str) -> Result<Decimal, String> {
 
 /// Validates and normalises one budget record.
 pub fn parse_budget(raw: &Value) -> Result<Award, String> {
-    let budget: RawBudget = serde_json::from_value(raw.clone())
-        .map_err(|e| format!("the budget record does not match the API: {e}"))?;
+    let budget: RawBudget = serde_json::from_value(raw.clone()).map_err(|e| {
+        format!(
+            "the budget record does not match the API: {}",
+            json_error(&e)
+        )
+    })?;
     if !STATUSES.contains(&budget.status.as_str()) {
         return Err(format!("unknown status '{}'", budget.status));
     }
@@ -170,8 +176,9 @@ pub fn parse_budget(raw: &Value) -> Result<Award, String> {
 
 /// Parses a personal-budgets body: one bad budget is rejected on its own.
 pub fn parse_budgets(subject_key: &str, body: &[u8]) -> Result<PersonRecords, ConnectorError> {
-    let parsed: BudgetsBody = serde_json::from_slice(body)
-        .map_err(|e| ConnectorError::Malformed(format!("personal-budgets body: {e}")))?;
+    let parsed: BudgetsBody = serde_json::from_slice(body).map_err(|e| {
+        ConnectorError::Malformed(format!("personal-budgets body: {}", json_error(&e)))
+    })?;
     let mut records = PersonRecords {
         subject_key: subject_key.to_owned(),
         ..PersonRecords::default()
@@ -191,12 +198,13 @@ pub fn parse_budgets(subject_key: &str, body: &[u8]) -> Result<PersonRecords, Co
             }),
         }
     }
+    // The newest change marker, compared as numbers ("12" is after "7").
     records.version = records
         .awards
         .iter()
-        .filter_map(|a| a.version.as_deref())
+        .filter_map(|a| a.version.as_deref()?.parse::<i64>().ok())
         .max()
-        .map(str::to_owned);
+        .map(|v| v.to_string());
     Ok(records)
 }
 
@@ -219,8 +227,9 @@ impl Connector for LaSocialCare {
                         ));
                     }
                 };
-                let list: ClientList = serde_json::from_slice(&body)
-                    .map_err(|e| ConnectorError::Malformed(format!("client search body: {e}")))?;
+                let list: ClientList = serde_json::from_slice(&body).map_err(|e| {
+                    ConnectorError::Malformed(format!("client search body: {}", json_error(&e)))
+                })?;
                 match list.clients.as_slice() {
                     [] => {
                         return Ok(PersonRecords {
@@ -230,7 +239,12 @@ impl Connector for LaSocialCare {
                     }
                     [one] => {
                         serde_json::from_value::<ClientRef>(one.clone())
-                            .map_err(|e| ConnectorError::Malformed(format!("client record: {e}")))?
+                            .map_err(|e| {
+                                ConnectorError::Malformed(format!(
+                                    "client record: {}",
+                                    json_error(&e)
+                                ))
+                            })?
                             .client_id
                     }
                     many => {

@@ -171,6 +171,25 @@ pub fn parse_pounds(text: &str) -> Option<Decimal> {
     if valid { text.parse().ok() } else { None }
 }
 
+/// A JSON error as a reason a person can act on, with any quoted value the partner sent
+/// removed: a field holding a name or an identifier must not reach a log or a message.
+pub fn json_error(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    for ch in text.chars() {
+        if ch == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +203,14 @@ mod tests {
         ] {
             assert_eq!(parse_pounds(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn json_errors_never_repeat_the_values_sent() {
+        let e = serde_json::from_str::<u32>("\"AB123456C\"").unwrap_err();
+        let reason = json_error(&e);
+        assert!(!reason.contains("AB123456C"), "{reason}");
+        assert!(reason.contains("invalid type"), "{reason}");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use crate::connector::{Connector, Subject, required_secret};
 use crate::error::ConnectorError;
 use crate::http::{Answer, Partner, PartnerAuth};
 use crate::identifiers::normalise_nhs_number;
-use crate::model::{Award, AwardLine, Counting, Frequency, PersonRecords, Rejected, parse_pounds};
+use crate::model::{
+    Award, AwardLine, Counting, Frequency, PersonRecords, Rejected, json_error, parse_pounds,
+};
 use crate::secrets::Secrets;
 
 /// The personal health budget connector.
@@ -67,7 +69,7 @@ const MANAGEMENT: [&str; 3] = ["notional", "third_party", "direct_payment"];
 /// Validates and normalises one budget.
 pub fn parse_budget(raw: &Value) -> Result<Award, String> {
     let b: RawBudget = serde_json::from_value(raw.clone())
-        .map_err(|e| format!("the budget does not match the API: {e}"))?;
+        .map_err(|e| format!("the budget does not match the API: {}", json_error(&e)))?;
     if !TYPES.contains(&b.kind.as_str()) {
         return Err(format!("unknown type '{}'", b.kind));
     }
@@ -123,7 +125,7 @@ pub fn parse_budget(raw: &Value) -> Result<Award, String> {
 /// Parses a budgets body: one bad budget is rejected on its own.
 pub fn parse_budgets(subject_key: &str, body: &[u8]) -> Result<PersonRecords, ConnectorError> {
     let parsed: Body = serde_json::from_slice(body)
-        .map_err(|e| ConnectorError::Malformed(format!("budgets body: {e}")))?;
+        .map_err(|e| ConnectorError::Malformed(format!("budgets body: {}", json_error(&e))))?;
     let mut records = PersonRecords {
         subject_key: subject_key.to_owned(),
         ..PersonRecords::default()

@@ -253,7 +253,7 @@ async fn the_authorisation_matrix_holds_for_every_role() {
         ("person", [ok, ok, ok, ok, ok, ok, ok, ok, f]),
         ("representative", [ok, ok, ok, ok, ok, ok, ok, ok, f]),
         ("portal", [ok, ok, ok, ok, ok, ok, ok, ok, f]),
-        ("agency", [ok, ok, ok, ok, f, f, ok, f, ok]),
+        ("agency", [ok, ok, ok, ok, f, f, ok, f, f]),
         ("other agency", [f, f, f, f, f, f, f, f, f]),
         ("auditor", [ok, ok, ok, ok, ok, f, f, f, f]),
         ("admin", [ok, f, f, f, f, f, f, f, ok]),

@@ -118,7 +118,10 @@ fn gcd(mut a: i128, mut b: i128) -> i128 {
 /// Pounds to pence; amounts with more than two places are refused upstream, so this is exact.
 pub fn to_pence(amount: Decimal) -> i128 {
     use rust_decimal::prelude::ToPrimitive;
-    (amount * Decimal::ONE_HUNDRED)
+    // Inputs are capped at twelve whole digits, so this cannot overflow; checked all the same.
+    amount
+        .checked_mul(Decimal::ONE_HUNDRED)
+        .unwrap_or(Decimal::ZERO)
         .round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointNearestEven)
         .to_i128()
         .unwrap_or(0)

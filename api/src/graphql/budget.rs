@@ -294,7 +294,7 @@ impl Award {
     }
     /// The upstream record this came from.
     async fn source(&self) -> SourceRecord {
-        SourceRecord::new(&self.0.source, &self.0.award.upstream_id)
+        SourceRecord::for_award(&self.0)
     }
 }
 
@@ -332,6 +332,16 @@ pub struct SourceRecord {
 }
 
 impl SourceRecord {
+    /// The upstream record behind an award: its own version where the partner versions records,
+    /// else the snapshot's.
+    pub fn for_award(view: &AwardView) -> Self {
+        let mut record = Self::new(&view.source, &view.award.upstream_id);
+        if view.award.version.is_some() {
+            record.version = view.award.version.clone();
+        }
+        record
+    }
+
     /// The record `upstream_id` of the snapshot `meta` describes.
     pub fn new(meta: &SourceMeta, upstream_id: &str) -> Self {
         Self {

@@ -356,7 +356,7 @@ impl PersonsMutation {
         let principal = principal(ctx)?;
         let db = &app(ctx)?.db;
         let result = async {
-            access::can_manage_registry(db, principal, None).await?;
+            access::can_manage_registry(principal, None)?;
             service::register(
                 db,
                 principal,
@@ -387,7 +387,7 @@ impl PersonsMutation {
         let principal = principal(ctx)?;
         let db = &app(ctx)?.db;
         let result = async {
-            access::can_manage_registry(db, principal, Some(&person_id)).await?;
+            access::can_manage_registry(principal, Some(&person_id))?;
             service::link_identifier(
                 db,
                 principal,
@@ -411,7 +411,7 @@ impl PersonsMutation {
         let principal = principal(ctx)?;
         let db = &app(ctx)?.db;
         let result = async {
-            access::can_manage_registry(db, principal, Some(&person_id)).await?;
+            access::can_manage_registry(principal, Some(&person_id))?;
             service::unlink_identifier(
                 db,
                 principal,

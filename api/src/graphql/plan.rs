@@ -221,8 +221,26 @@ impl FundingShare {
         }
         .await;
         result
-            .map(|found| found.map(|view| SourceRecord::new(&view.source, &view.award.upstream_id)))
+            .map(|found| found.map(|view| SourceRecord::for_award(&view)))
             .gql(principal)
+    }
+}
+
+/// An item by id; for a caller scoped to some people, a missing item reads as not allowed.
+async fn existing_item(
+    db: &sea_orm::DatabaseConnection,
+    principal: &crate::auth::Principal,
+    id: &str,
+) -> Result<Item, ApiError> {
+    let found = service::load_items(db, &[id.to_owned()]).await?.pop();
+    match (found, principal.role) {
+        (Some(item), _) => Ok(item),
+        (None, crate::auth::Role::Auditor | crate::auth::Role::Admin) => {
+            Err(ApiError::NotFound("no plan item has this id".into()))
+        }
+        (None, _) => Err(ApiError::Forbidden(
+            "you are not allowed to change this plan item, or there is none".into(),
+        )),
     }
 }
 
@@ -250,6 +268,8 @@ impl PlanMutation {
         let app = app(ctx)?;
         let streams = stream_ids(ctx)?;
         let result = async {
+            // Access first, so a caller learns nothing about ids it may not see.
+            access::can_read_person(&app.db, principal, &input.person_id).await?;
             let person = persons::get(&app.db, &input.person_id).await?;
             let spec = ItemSpec {
                 description: input.description,
@@ -285,7 +305,9 @@ impl PlanMutation {
         let app = app(ctx)?;
         let streams = stream_ids(ctx)?;
         let result = async {
-            let person_id = service::owner(&app.db, &input.id).await?;
+            let existing = existing_item(&app.db, principal, &input.id).await?;
+            access::can_touch_item(&app.db, principal, &existing).await?;
+            let person_id = existing.person_id.clone();
             let spec = ItemSpec {
                 description: input.description,
                 purpose: input.purpose,
@@ -320,9 +342,8 @@ impl PlanMutation {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
         let result = async {
-            let person_id = service::owner(&app.db, &id).await?;
-            access::can_read_person(&app.db, principal, &person_id).await?;
-            access::can_edit_plan_of(principal, &person_id)?;
+            let existing = existing_item(&app.db, principal, &id).await?;
+            access::can_touch_item(&app.db, principal, &existing).await?;
             service::remove(&app.db, principal, &id, expected_version).await
         }
         .await;

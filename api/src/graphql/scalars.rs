@@ -53,7 +53,13 @@ impl ScalarType for Decimal2 {
             ));
         };
         let trimmed = text.trim();
+        let whole_digits = trimmed
+            .trim_start_matches('-')
+            .split('.')
+            .next()
+            .map_or(0, str::len);
         let well_formed = !trimmed.is_empty()
+            && whole_digits <= 12
             && trimmed
                 .chars()
                 .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
@@ -67,7 +73,7 @@ impl ScalarType for Decimal2 {
             .flatten();
         parsed.map(Decimal2).ok_or_else(|| {
             InputValueError::custom(
-                "a Decimal is a string of digits with at most two decimal places, e.g. \"412.50\"",
+                "a Decimal is a string of at most 12 digits before the point and at most two after, e.g. \"412.50\"",
             )
         })
     }

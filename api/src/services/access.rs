@@ -8,7 +8,7 @@ use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ApiResult};
 
 /// Refuses an agency or auditor read that does not state its purpose.
-fn require_purpose(principal: &Principal) -> ApiResult<()> {
+pub fn require_purpose(principal: &Principal) -> ApiResult<()> {
     if matches!(principal.role, Role::Agency | Role::Auditor) && principal.purpose.is_none() {
         return Err(ApiError::BadInput(
             "state why you are reading this record in the Tributary-Purpose header".into(),
@@ -35,22 +35,15 @@ pub async fn can_read_person(
 }
 
 /// Whether the caller may register people and link or unlink their identifiers.
-pub async fn can_manage_registry(
-    db: &impl ConnectionTrait,
-    principal: &Principal,
-    person_id: Option<&str>,
-) -> ApiResult<()> {
+pub fn can_manage_registry(principal: &Principal, person_id: Option<&str>) -> ApiResult<()> {
     match (principal.role, person_id) {
         (Role::Admin, _) => Ok(()),
         (Role::Agency, None) => require_purpose(principal),
-        (Role::Agency, Some(id)) => {
-            require_purpose(principal)?;
-            if has_active_consent(db, principal, id).await? {
-                Ok(())
-            } else {
-                Err(forbidden())
-            }
-        }
+        // Linking an identifier decides whose partner records join a person's budget: an
+        // agency could otherwise pull a stranger's records into a person it has consent for.
+        (Role::Agency, Some(_)) => Err(ApiError::Forbidden(
+            "only an administrator links or unlinks a person's identifiers".into(),
+        )),
         _ => Err(ApiError::Forbidden(format!(
             "a {} token cannot change the person registry",
             principal.role
@@ -150,6 +143,26 @@ pub fn can_edit_plan_of(principal: &Principal, person_id: &str) -> ApiResult<()>
             principal.role
         )))
     }
+}
+
+/// Whether the caller may change or remove an existing item: an agency only when every stream
+/// it draws on now is one the person shares with it.
+pub async fn can_touch_item(
+    db: &impl ConnectionTrait,
+    principal: &Principal,
+    item: &crate::services::plan::Item,
+) -> ApiResult<()> {
+    can_read_person(db, principal, &item.person_id).await?;
+    can_edit_plan_of(principal, &item.person_id)?;
+    if let Some(scope) = budget_scope(db, principal, &item.person_id).await?
+        && item.shares.iter().any(|s| !scope.contains(&s.stream_id))
+    {
+        return Err(ApiError::Forbidden(
+            "this item draws on a stream the person has not agreed to share with your agency"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the caller may add or change this plan item: an agency only with consent for every

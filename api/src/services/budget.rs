@@ -69,7 +69,9 @@ pub async fn super_budget(
         scope.as_deref(),
     )
     .await?;
-    let items = plan::within_scope(store.plan_items(&person.id).await?, scope.as_deref());
+    // Every item counts against the streams it draws on; `commitments` keeps only the shares
+    // on streams the caller may see, so a mixed item still commits its visible share.
+    let items = store.plan_items(&person.id).await?;
     let commitments = commitments(&items, &window, scope.as_deref());
     Ok(assemble(
         window,
@@ -113,13 +115,10 @@ pub async fn trace_csv(
 ) -> ApiResult<String> {
     let view = super_budget(db, &DirectStore(db), registry, principal, person, window).await?;
     let scope = access::budget_scope(db, principal, &person.id).await?;
-    let items = plan::within_scope(
-        plan::for_people(db, std::slice::from_ref(&person.id))
-            .await?
-            .remove(&person.id)
-            .unwrap_or_default(),
-        scope.as_deref(),
-    );
+    let items = plan::for_people(db, std::slice::from_ref(&person.id))
+        .await?
+        .remove(&person.id)
+        .unwrap_or_default();
     let pounds = |pence: i128| crate::graphql::scalars::format_pounds(to_pounds(pence));
     let mut out = csv::Writer::from_writer(Vec::new());
     let csv_error = |e: csv::Error| ApiError::internal(e, "writing the trace CSV");
@@ -155,7 +154,12 @@ pub async fn trace_csv(
             &stream.id,
             &award.id,
             &award.award.upstream_id,
-            award.source.version.as_deref().unwrap_or(""),
+            award
+                .award
+                .version
+                .as_deref()
+                .or(award.source.version.as_deref())
+                .unwrap_or(""),
             &award.source.fetched_at.to_rfc3339(),
             &award.source.content_hash,
             &pounds(award.entitlement),
@@ -168,6 +172,12 @@ pub async fn trace_csv(
     }
     for item in &items {
         for (share, pence) in item.in_window(&view.window) {
+            if scope
+                .as_ref()
+                .is_some_and(|s| !s.contains(&share.stream_id))
+            {
+                continue;
+            }
             let award = share
                 .award_id
                 .as_deref()

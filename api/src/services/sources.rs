@@ -301,14 +301,29 @@ async fn live(
         ));
     }
     match connector.fetch(subject).await {
-        Ok(records) => {
-            let (meta, _) = store_snapshot(db, &id, &records).await?;
-            Ok(with_records(
+        Ok(records) => match store_snapshot(db, &id, &records).await {
+            Ok((meta, _)) => Ok(with_records(
                 input(connector, SourceStatus::Fresh),
                 records,
                 meta,
-            ))
-        }
+            )),
+            // The partner answered: a store that cannot keep the snapshot now degrades only
+            // the keeping, not this answer.
+            Err(error) => {
+                tracing::warn!(stream = %id, error = %error, "storing a snapshot failed; serving the answer unstored");
+                let meta = SourceMeta {
+                    connector: id.clone(),
+                    version: records.version.clone(),
+                    fetched_at: Utc::now(),
+                    content_hash: content_hash(&records_json(&records)?),
+                };
+                Ok(with_records(
+                    input(connector, SourceStatus::Fresh),
+                    records,
+                    meta,
+                ))
+            }
+        },
         Err(error) => {
             tracing::warn!(stream = %id, error = %error, "partner fetch failed");
             match snapshot {
