@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::ConnectorSettings;
 use crate::connector::{Connector, Subject, required_secret};
 use crate::error::ConnectorError;
-use crate::http::{Answer, Partner, PartnerAuth};
+use crate::http::{Answer, Partner, PartnerAuth, not_found, segment};
 use crate::model::{
     Award, Counting, Frequency, Payment, PersonRecords, Rejected, json_error, parse_pounds,
 };
@@ -88,7 +88,7 @@ fn reject(subject_key: &str, upstream_id: Option<String>, reason: String, raw: &
     }
 }
 
-fn parse_element(award: &RawAward, raw: &Value) -> Result<Award, String> {
+fn parse_element(award: &RawAward, raw: &Value, occurrence: usize) -> Result<Award, String> {
     let element: RawElement = serde_json::from_value(raw.clone())
         .map_err(|e| format!("the element does not match the API: {}", json_error(&e)))?;
     if !ELEMENTS.contains(&element.element.as_str()) {
@@ -125,7 +125,12 @@ fn parse_element(award: &RawAward, raw: &Value) -> Result<Award, String> {
         other => return Err(format!("unknown status '{other}'")),
     };
     Ok(Award {
-        upstream_id: format!("{}/{}", award.award_ref, element.element),
+        // A second element of the same kind in one award gets its own id.
+        upstream_id: if occurrence == 0 {
+            format!("{}/{}", award.award_ref, element.element)
+        } else {
+            format!("{}/{}-{}", award.award_ref, element.element, occurrence + 1)
+        },
         version: None,
         purpose: element.element,
         delivery: award.payment_route.clone(),
@@ -178,8 +183,12 @@ pub fn parse_awards(subject_key: &str, body: &[u8]) -> Result<PersonRecords, Con
             ));
             continue;
         }
+        let mut seen: Vec<&str> = Vec::new();
         for element in &award.elements {
-            match parse_element(&award, element) {
+            let kind = element.get("element").and_then(Value::as_str).unwrap_or("");
+            let occurrence = seen.iter().filter(|k| **k == kind).count();
+            seen.push(kind);
+            match parse_element(&award, element, occurrence) {
                 Ok(a) => records.awards.push(a),
                 Err(reason) => {
                     let name = element
@@ -230,13 +239,10 @@ impl Connector for AccessToWork {
     }
 
     async fn fetch(&self, subject: &Subject) -> Result<PersonRecords, ConnectorError> {
-        let path = format!("/atw/v2/claimants/{}/awards", subject.value);
+        let path = format!("/atw/v2/claimants/{}/awards", segment(&subject.value));
         match self.partner.get(&path, None).await? {
             Answer::Body { bytes, .. } => parse_awards(&subject.key(), &bytes),
-            Answer::NotFound(_) => Ok(PersonRecords {
-                subject_key: subject.key(),
-                ..PersonRecords::default()
-            }),
+            Answer::NotFound(body) => not_found(subject.key(), &body, "claimant_not_found"),
             Answer::NotModified => Err(ConnectorError::Malformed("unexpected 304".into())),
         }
     }
@@ -314,6 +320,15 @@ mod tests {
             r.rejected[1].upstream_id.as_deref(),
             Some("ATW-7788-01/travel_to_work")
         );
+    }
+
+    #[test]
+    fn two_elements_of_one_kind_get_their_own_ids() {
+        let mut body: Value = serde_json::from_str(EXAMPLE).unwrap();
+        body["awards"][0]["elements"][2]["element"] = "support_worker".into();
+        let r = parse_awards("K", body.to_string().as_bytes()).unwrap();
+        assert_eq!(r.awards[0].upstream_id, "ATW-7788-01/support_worker");
+        assert_eq!(r.awards[2].upstream_id, "ATW-7788-01/support_worker-2");
     }
 
     #[test]

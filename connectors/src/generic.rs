@@ -306,7 +306,9 @@ impl Connector for GenericRest {
     }
 
     async fn fetch(&self, subject: &Subject) -> Result<PersonRecords, ConnectorError> {
-        let path = self.path.replace("{value}", &subject.value);
+        let path = self
+            .path
+            .replace("{value}", &crate::http::segment(&subject.value));
         match self.partner.get(&path, None).await? {
             Answer::Body { bytes, .. } => self.mapping.parse(&subject.key(), &bytes),
             Answer::NotFound(_) => Ok(PersonRecords {

@@ -222,3 +222,70 @@ enum Attempt {
     Retry(ConnectorError, Option<Duration>),
     Fatal(ConnectorError),
 }
+
+/// Percent-encodes one URL path segment (everything but RFC 3986's unreserved characters), so
+/// an identifier can never change the path it is put in.
+pub fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether a 404 carries the partner's documented "not found" body, e.g.
+/// `{"error": "client_not_found"}`. Any other 404 (a wrong base URL, a proxy) is not an answer
+/// about the person.
+pub fn documented_not_found(body: &[u8], error: &str) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(|e| e == error))
+        .unwrap_or(false)
+}
+
+/// The records of a person the partner does not know, or Malformed for an undocumented 404.
+pub fn not_found(
+    subject_key: String,
+    body: &[u8],
+    error: &str,
+) -> Result<crate::model::PersonRecords, ConnectorError> {
+    if documented_not_found(body, error) {
+        Ok(crate::model::PersonRecords {
+            subject_key,
+            ..crate::model::PersonRecords::default()
+        })
+    } else {
+        Err(ConnectorError::Malformed(
+            "HTTP 404 without the documented error body; check the connector's base_url".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(segment("CL-104233"), "CL-104233");
+        assert_eq!(segment("CL/1 2"), "CL%2F1%202");
+        assert_eq!(segment("../x"), "..%2Fx");
+    }
+
+    #[test]
+    fn only_the_documented_404_means_unknown() {
+        assert!(documented_not_found(
+            br#"{"error": "client_not_found"}"#,
+            "client_not_found"
+        ));
+        assert!(!documented_not_found(
+            b"<html>Not Found</html>",
+            "client_not_found"
+        ));
+        assert!(not_found("K".into(), b"", "patient_not_found").is_err());
+    }
+}

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::ConnectorSettings;
 use crate::connector::{Connector, Subject, required_secret};
 use crate::error::ConnectorError;
-use crate::http::{Answer, Partner, PartnerAuth};
+use crate::http::{Answer, Partner, PartnerAuth, not_found, segment};
 use crate::identifiers::IdentifierScheme;
 use crate::model::{
     Award, AwardLine, Counting, Frequency, PersonRecords, Rejected, json_error, parse_pounds,
@@ -218,7 +218,7 @@ impl Connector for LaSocialCare {
         let client_id = match subject.scheme {
             IdentifierScheme::CouncilClientId => subject.value.clone(),
             IdentifierScheme::NhsNumber => {
-                let path = format!("/api/v1/clients?nhs_number={}", subject.value);
+                let path = format!("/api/v1/clients?nhs_number={}", segment(&subject.value));
                 let body = match self.partner.get(&path, None).await? {
                     Answer::Body { bytes, .. } => bytes,
                     _ => {
@@ -265,13 +265,10 @@ impl Connector for LaSocialCare {
                 )));
             }
         };
-        let path = format!("/api/v1/clients/{client_id}/personal-budgets");
+        let path = format!("/api/v1/clients/{}/personal-budgets", segment(&client_id));
         match self.partner.get(&path, None).await? {
             Answer::Body { bytes, .. } => parse_budgets(&subject.key(), &bytes),
-            Answer::NotFound(_) => Ok(PersonRecords {
-                subject_key: subject.key(),
-                ..PersonRecords::default()
-            }),
+            Answer::NotFound(body) => not_found(subject.key(), &body, "client_not_found"),
             Answer::NotModified => Err(ConnectorError::Malformed("unexpected 304".into())),
         }
     }

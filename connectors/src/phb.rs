@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::ConnectorSettings;
 use crate::connector::{Connector, Subject, required_secret};
 use crate::error::ConnectorError;
-use crate::http::{Answer, Partner, PartnerAuth};
+use crate::http::{Answer, Partner, PartnerAuth, not_found};
 use crate::identifiers::normalise_nhs_number;
 use crate::model::{
     Award, AwardLine, Counting, Frequency, PersonRecords, Rejected, json_error, parse_pounds,
@@ -164,10 +164,7 @@ impl Connector for Phb {
             .await?
         {
             Answer::Body { bytes, .. } => parse_budgets(&subject.key(), &bytes),
-            Answer::NotFound(_) => Ok(PersonRecords {
-                subject_key: subject.key(),
-                ..PersonRecords::default()
-            }),
+            Answer::NotFound(body) => not_found(subject.key(), &body, "patient_not_found"),
             Answer::NotModified => Err(ConnectorError::Malformed("unexpected 304".into())),
         }
     }
