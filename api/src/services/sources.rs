@@ -378,7 +378,10 @@ async fn bulk(
         .collect();
     let records = PersonRecords {
         subject_key: key,
-        version: extract.etag.clone(),
+        version: extract
+            .etag
+            .as_deref()
+            .map(|t| t.trim_matches('"').to_owned()),
         awards,
         payments: Vec::new(),
         rejected,
@@ -390,7 +393,7 @@ async fn bulk(
     let stale = Utc::now() - extract.loaded_at > freshness;
     let meta = SourceMeta {
         connector: id,
-        version: extract.etag,
+        version: extract.etag.map(|t| t.trim_matches('"').to_owned()),
         fetched_at: extract.loaded_at,
         content_hash: extract.content_hash,
     };
