@@ -172,33 +172,26 @@ impl FundingShare {
     }
     /// The award it draws on, as last stored (entitlement in the current financial year).
     async fn award(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Award>> {
-        let principal = principal(ctx)?;
-        let app = app(ctx)?;
-        let Some(award_id) = &self.share.award_id else {
-            return Ok(None);
-        };
-        let result = async {
-            let person = persons::get(&app.db, &self.person_id).await?;
-            let window =
-                Window::financial_year_of(chrono::Utc::now().date_naive()).ok_or_else(|| {
-                    ApiError::Internal(anyhow::anyhow!("no financial year for today"))
-                })?;
-            sources::stored_award(
-                &app.db,
-                &app.registry,
-                &person.identifier_pairs(),
-                award_id,
-                &window,
-            )
-            .await
-        }
-        .await;
-        result
-            .map(|found| found.map(|view| Award::new(view, self.person_id.clone())))
-            .gql(principal)
+        Ok(self
+            .stored_award(ctx)
+            .await?
+            .map(|view| Award::new(view, self.person_id.clone())))
     }
     /// The upstream record behind the award, if the share is tied to one.
     async fn source(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<SourceRecord>> {
+        Ok(self
+            .stored_award(ctx)
+            .await?
+            .map(|view| SourceRecord::for_award(&view)))
+    }
+}
+
+impl FundingShare {
+    /// The award this share is tied to, from the snapshot that holds it (never the partner).
+    async fn stored_award(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::budget::assemble::AwardView>> {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
         let Some(award_id) = &self.share.award_id else {
@@ -220,9 +213,7 @@ impl FundingShare {
             .await
         }
         .await;
-        result
-            .map(|found| found.map(|view| SourceRecord::for_award(&view)))
-            .gql(principal)
+        result.gql(principal)
     }
 }
 
