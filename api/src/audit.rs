@@ -58,7 +58,7 @@ pub async fn append(
 pub async fn record_reads(
     db: &DatabaseConnection,
     actor: &Principal,
-    reads: &[(String, &'static str)],
+    reads: &[(Option<String>, &'static str)],
 ) -> ApiResult<()> {
     if reads.is_empty() {
         return Ok(());
@@ -67,7 +67,7 @@ pub async fn record_reads(
         .iter()
         .map(|(person, what)| NewEvent {
             action: what,
-            person_id: Some(person.as_str()),
+            person_id: person.as_deref(),
             detail: Value::Null,
         })
         .collect();

@@ -75,8 +75,8 @@ impl FromStr for Role {
 pub struct Claims {
     /// Issuer.
     pub iss: String,
-    /// Audience.
-    pub aud: String,
+    /// Audience: one, or a list (the validation checks ours is in it).
+    pub aud: serde_json::Value,
     /// Expiry (seconds since the epoch).
     pub exp: i64,
     /// Not before (seconds since the epoch).
@@ -307,7 +307,7 @@ impl TokenIssuer {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: serde_json::Value::String(self.audience.clone()),
             exp: now + ttl_secs,
             nbf: None,
             iat: Some(now),

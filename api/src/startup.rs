@@ -107,6 +107,10 @@ impl Application {
                 db: db.clone(),
                 connectors: settings.connectors.clone(),
                 registry: registry.clone(),
+                anchors: match (&settings.audit.anchor_dir, settings.anchor_key()?) {
+                    (Some(dir), Some(key)) => Some((dir.clone(), key)),
+                    _ => None,
+                },
             },
             dev,
             &settings.limits,

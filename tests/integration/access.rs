@@ -159,6 +159,13 @@ async fn every_bad_token_is_unauthenticated_and_says_nothing_more() {
     }
     let fine = sign(&claims("tributary", "tributary-api", 600, None));
     assert_eq!(status_of(&app, &fine).await.0, 200);
+    let mut listed = claims("tributary", "tributary-api", 600, None);
+    listed["aud"] = json!(["another-api", "tributary-api"]);
+    assert_eq!(
+        status_of(&app, &sign(&listed)).await.0,
+        200,
+        "aud may be a list holding ours"
+    );
 }
 
 /// The people and tokens of the matrix.
@@ -758,6 +765,21 @@ async fn only_auditors_read_the_chain() {
         .await;
     assert_eq!(r.data()["auditChain"]["holds"], true);
     assert_eq!(r.data()["auditLog"].as_array().unwrap().len(), 5);
+    // Reading the audit log is itself recorded, with the purpose stated.
+    assert_eq!(
+        app.count("audit_events WHERE action = 'audit_log.read' AND purpose = 'annual audit'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("audit_events WHERE action = 'audit_chain.read' AND actor_role = 'auditor'")
+            .await,
+        1
+    );
+    let no_purpose = app
+        .gql_as(Some(&auditor), None, "{ auditChain { holds } }", json!({}))
+        .await;
+    assert_eq!(no_purpose.code(), Some("BAD_USER_INPUT"));
     for token in [app.person(&c.ada), app.admin(), app.agency("council-asc")] {
         let r = app
             .gql_as(
@@ -791,3 +813,20 @@ async fn two_hub_instances_on_one_database_keep_one_chain(backend: Backend) {
 }
 
 tributary_tests::on_both_backends!(two_hub_instances_on_one_database_keep_one_chain);
+
+#[tokio::test]
+async fn a_consent_for_nobody_is_not_found_and_writes_nothing() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ghost = "01a20e2b-0000-7000-8000-000000000001";
+    let r = app
+        .gql_as(
+            Some(&app.person(ghost)),
+            None,
+            "mutation($p: ID!) { grantConsent(input: { personId: $p, agency: \"a\", streams: [\"phb\"], purpose: \"x\" }) { id } }",
+            json!({ "p": ghost }),
+        )
+        .await;
+    assert_eq!(r.code(), Some("NOT_FOUND"));
+    assert_eq!(app.count("consents").await, 0);
+    assert_eq!(app.count("audit_events").await, 0);
+}

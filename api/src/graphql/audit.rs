@@ -63,9 +63,9 @@ pub struct AuditChainStatus {
 #[derive(Default)]
 pub struct AuditQuery;
 
-fn auditor_only(role: Role) -> Result<(), ApiError> {
-    if role == Role::Auditor {
-        Ok(())
+fn auditor_only(principal: &crate::auth::Principal) -> Result<(), ApiError> {
+    if principal.role == Role::Auditor {
+        crate::services::access::require_purpose(principal)
     } else {
         Err(ApiError::Forbidden(
             "only auditors read the audit log".into(),
@@ -80,10 +80,16 @@ impl AuditQuery {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
         let result = async {
-            auditor_only(principal.role)?;
-            audit::verify(&app.db).await
+            auditor_only(principal)?;
+            match &app.anchors {
+                Some((dir, key)) => audit::verify_with_anchors(&app.db, dir, key).await,
+                None => audit::verify(&app.db).await,
+            }
         }
         .await;
+        if result.is_ok() {
+            super::log_audit_read(ctx, "audit_chain.read");
+        }
         result
             .map(|status| match status {
                 ChainStatus::Holds { events, .. } => AuditChainStatus {
@@ -112,7 +118,7 @@ impl AuditQuery {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
         let result = async {
-            auditor_only(principal.role)?;
+            auditor_only(principal)?;
             let first = u64::try_from(first.unwrap_or(100))
                 .ok()
                 .filter(|f| (1..=500).contains(f))
@@ -127,6 +133,9 @@ impl AuditQuery {
             )
         }
         .await;
+        if result.is_ok() {
+            super::log_audit_read(ctx, "audit_log.read");
+        }
         result
             .map(|events| events.into_iter().map(AuditEvent::from).collect())
             .gql(principal)

@@ -20,10 +20,19 @@ fn shared(e: impl Into<ApiError>) -> Shared<ApiError> {
     Arc::new(e.into())
 }
 
+/// Back to an owned error, keeping its documented code.
 fn unshare(e: Shared<ApiError>) -> ApiError {
     match Arc::try_unwrap(e) {
         Ok(e) => e,
-        Err(e) => ApiError::Internal(anyhow::anyhow!("{e}")),
+        Err(shared) => match &*shared {
+            ApiError::BadInput(m) => ApiError::BadInput(m.clone()),
+            ApiError::Forbidden(m) => ApiError::Forbidden(m.clone()),
+            ApiError::NotFound(m) => ApiError::NotFound(m.clone()),
+            ApiError::Conflict(m) => ApiError::Conflict(m.clone()),
+            ApiError::UpstreamUnavailable(m) => ApiError::UpstreamUnavailable(m.clone()),
+            ApiError::Unauthenticated => ApiError::Unauthenticated,
+            other => ApiError::Internal(anyhow::anyhow!("{other:?}")),
+        },
     }
 }
 

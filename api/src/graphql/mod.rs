@@ -27,6 +27,8 @@ pub struct AppContext {
     pub connectors: Vec<ConnectorSettings>,
     /// The connectors built from them.
     pub registry: std::sync::Arc<connectors::Registry>,
+    /// Where the audit chain's anchors are and the key that signs them, when configured.
+    pub anchors: Option<(std::path::PathBuf, secrecy::SecretString)>,
 }
 
 /// The root query.
@@ -97,11 +99,11 @@ impl<T> GqlResult<T> for ApiResult<T> {
 /// The reads of personal data one request made, written to the audit log before its answer
 /// leaves the server.
 #[derive(Debug, Default)]
-pub struct ReadLog(std::sync::Mutex<Vec<(String, &'static str)>>);
+pub struct ReadLog(std::sync::Mutex<Vec<(Option<String>, &'static str)>>);
 
 impl ReadLog {
     /// Takes what was recorded.
-    pub fn take(&self) -> Vec<(String, &'static str)> {
+    pub fn take(&self) -> Vec<(Option<String>, &'static str)> {
         std::mem::take(
             &mut *self
                 .0
@@ -117,6 +119,16 @@ pub(crate) fn log_read(ctx: &Context<'_>, person_id: &str, what: &'static str) {
         log.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((person_id.to_owned(), what));
+            .push((Some(person_id.to_owned()), what));
+    }
+}
+
+/// Notes that this request read the audit log itself (it names people and purposes).
+pub(crate) fn log_audit_read(ctx: &Context<'_>, what: &'static str) {
+    if let Ok(log) = ctx.data::<std::sync::Arc<ReadLog>>() {
+        log.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((None, what));
     }
 }

@@ -123,6 +123,7 @@ pub async fn grant(
     streams.dedup();
     let streams_json = serde_json::to_string(&streams)
         .map_err(|e| ApiError::internal(e, "serialising consent streams"))?;
+    crate::services::persons::get(db, &input.person_id).await?;
     let txn = audit::begin_write(db).await?;
     let id = uuid::Uuid::now_v7().to_string();
     let row = consent::ActiveModel {

@@ -25,6 +25,18 @@ pub enum Stored {
     Unchanged,
 }
 
+/// Whether an answer's version marker is older than the stored one: a partner's "a higher
+/// version replaces a lower one", compared as numbers where both are numbers.
+pub fn is_older(answer: Option<&str>, stored: Option<&str>) -> bool {
+    match (
+        answer.and_then(|v| v.parse::<i64>().ok()),
+        stored.and_then(|v| v.parse::<i64>().ok()),
+    ) {
+        (Some(answer), Some(stored)) => answer < stored,
+        _ => false,
+    }
+}
+
 /// SHA-256 of the canonical JSON of some records.
 pub fn content_hash(json: &str) -> String {
     hex::encode(Sha256::digest(json.as_bytes()))
@@ -49,6 +61,21 @@ pub async fn store_snapshot(
         .filter(upstream_snapshot::Column::SubjectKey.eq(&records.subject_key))
         .one(db)
         .await?;
+    if let Some(p) = &previous
+        && is_older(records.version.as_deref(), p.version.as_deref())
+    {
+        // A lagging answer never replaces a newer snapshot.
+        tracing::info!(stream = %connector, "an answer older than the stored snapshot was kept out");
+        return Ok((
+            SourceMeta {
+                connector: connector.to_owned(),
+                version: p.version.clone(),
+                fetched_at: p.fetched_at,
+                content_hash: p.content_hash.clone(),
+            },
+            Stored::Unchanged,
+        ));
+    }
     let stored = match &previous {
         Some(p) if p.content_hash == hash => Stored::Unchanged,
         _ => Stored::Changed,
@@ -301,6 +328,19 @@ async fn live(
         ));
     }
     match connector.fetch(subject).await {
+        Ok(records)
+            if let Some((stored, meta)) = snapshot.as_ref().filter(|(_, meta)| {
+                is_older(records.version.as_deref(), meta.version.as_deref())
+            }) =>
+        {
+            // The partner answered with an older version than the one already held: the
+            // newer snapshot stands.
+            Ok(with_records(
+                input(connector, SourceStatus::Fresh),
+                stored.clone(),
+                meta.clone(),
+            ))
+        }
         Ok(records) => match store_snapshot(db, &id, &records).await {
             Ok((meta, _)) => Ok(with_records(
                 input(connector, SourceStatus::Fresh),
@@ -475,4 +515,18 @@ pub async fn stored_award(
         .into_iter()
         .flat_map(|s| s.awards)
         .find(|a| a.id == award_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_older;
+
+    #[test]
+    fn versions_compare_as_numbers() {
+        assert!(is_older(Some("7"), Some("12")));
+        assert!(!is_older(Some("12"), Some("7")));
+        assert!(!is_older(Some("7"), Some("7")));
+        assert!(!is_older(None, Some("7")));
+        assert!(!is_older(Some("abc"), Some("7")));
+    }
 }
