@@ -11,13 +11,16 @@ use entities::{audit_event, audit_head};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+
+/// Events read per page while verifying.
+const VERIFY_PAGE: u64 = 5000;
 
 /// The hash the first event chains from.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -229,50 +232,59 @@ pub enum ChainStatus {
 
 /// Walks the whole chain in order and checks every link, and that the head row agrees.
 pub async fn verify(db: &impl ConnectionTrait) -> ApiResult<ChainStatus> {
-    let events = audit_event::Entity::find()
-        .order_by_asc(audit_event::Column::Seq)
-        .all(db)
-        .await?;
     let mut prev = GENESIS_HASH.to_owned();
     let mut expected_seq = 1;
-    for event in &events {
-        if event.seq != expected_seq {
-            return Ok(ChainStatus::Broken {
-                seq: expected_seq,
-                reason: format!(
-                    "event {expected_seq} is missing (next present is {})",
-                    event.seq
-                ),
-            });
-        }
-        if event.prev_hash != prev {
-            return Ok(ChainStatus::Broken {
+    // Page through the log by sequence, so memory stays flat however long it grows.
+    loop {
+        let page = audit_event::Entity::find()
+            .filter(audit_event::Column::Seq.gte(expected_seq))
+            .order_by_asc(audit_event::Column::Seq)
+            .limit(VERIFY_PAGE)
+            .all(db)
+            .await?;
+        let done = (page.len() as u64) < VERIFY_PAGE;
+        for event in &page {
+            if event.seq != expected_seq {
+                return Ok(ChainStatus::Broken {
+                    seq: expected_seq,
+                    reason: format!(
+                        "event {expected_seq} is missing (next present is {})",
+                        event.seq
+                    ),
+                });
+            }
+            if event.prev_hash != prev {
+                return Ok(ChainStatus::Broken {
+                    seq: event.seq,
+                    reason: "its previous-hash does not match the event before it".into(),
+                });
+            }
+            let fields = EventFields {
                 seq: event.seq,
-                reason: "its previous-hash does not match the event before it".into(),
-            });
+                id: &event.id,
+                at: event.at,
+                actor_sub: &event.actor_sub,
+                actor_role: &event.actor_role,
+                agency: event.agency.as_deref(),
+                person_id: event.person_id.as_deref(),
+                action: &event.action,
+                detail: &event.detail,
+                purpose: event.purpose.as_deref(),
+                request_id: &event.request_id,
+            };
+            let hash = fields.hash(&prev);
+            if hash != event.hash {
+                return Ok(ChainStatus::Broken {
+                    seq: event.seq,
+                    reason: "its contents do not match its hash (edited)".into(),
+                });
+            }
+            prev = hash;
+            expected_seq += 1;
         }
-        let fields = EventFields {
-            seq: event.seq,
-            id: &event.id,
-            at: event.at,
-            actor_sub: &event.actor_sub,
-            actor_role: &event.actor_role,
-            agency: event.agency.as_deref(),
-            person_id: event.person_id.as_deref(),
-            action: &event.action,
-            detail: &event.detail,
-            purpose: event.purpose.as_deref(),
-            request_id: &event.request_id,
-        };
-        let hash = fields.hash(&prev);
-        if hash != event.hash {
-            return Ok(ChainStatus::Broken {
-                seq: event.seq,
-                reason: "its contents do not match its hash (edited)".into(),
-            });
+        if done {
+            break;
         }
-        prev = hash;
-        expected_seq += 1;
     }
     let head = audit_head::Entity::find_by_id(1)
         .one(db)

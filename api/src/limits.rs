@@ -92,35 +92,40 @@ pub fn is_json(content_type: Option<&str>) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn count_aliases(set: &SelectionSet) -> usize {
+/// Aliases a selection set runs: a fragment counts once for every spread of it, so a fragment
+/// cannot multiply aliases past the limit. Recursion through fragments is bounded.
+fn count_aliases(set: &SelectionSet, document: &ExecutableDocument, depth: usize) -> usize {
+    if depth > 32 {
+        return usize::MAX / 4;
+    }
     set.items
         .iter()
         .map(|selection| match &selection.node {
-            Selection::Field(field) => {
-                usize::from(field.node.alias.is_some())
-                    + count_aliases(&field.node.selection_set.node)
+            Selection::Field(field) => usize::from(field.node.alias.is_some()).saturating_add(
+                count_aliases(&field.node.selection_set.node, document, depth + 1),
+            ),
+            Selection::InlineFragment(fragment) => {
+                count_aliases(&fragment.node.selection_set.node, document, depth + 1)
             }
-            Selection::InlineFragment(fragment) => count_aliases(&fragment.node.selection_set.node),
-            Selection::FragmentSpread(_) => 0,
+            Selection::FragmentSpread(spread) => document
+                .fragments
+                .get(&spread.node.fragment_name.node)
+                .map_or(0, |f| {
+                    count_aliases(&f.node.selection_set.node, document, depth + 1)
+                }),
         })
-        .sum()
+        .fold(0, usize::saturating_add)
 }
 
-/// Aliases in a whole document, fragments included.
+/// Aliases a whole document runs, fragments expanded where they are spread.
 pub fn aliases(document: &ExecutableDocument) -> usize {
-    let operations: usize = match &document.operations {
-        DocumentOperations::Single(op) => count_aliases(&op.node.selection_set.node),
+    match &document.operations {
+        DocumentOperations::Single(op) => count_aliases(&op.node.selection_set.node, document, 0),
         DocumentOperations::Multiple(ops) => ops
             .values()
-            .map(|op| count_aliases(&op.node.selection_set.node))
-            .sum(),
-    };
-    operations
-        + document
-            .fragments
-            .values()
-            .map(|f| count_aliases(&f.node.selection_set.node))
-            .sum::<usize>()
+            .map(|op| count_aliases(&op.node.selection_set.node, document, 0))
+            .fold(0, usize::saturating_add),
+    }
 }
 
 /// Checks a parsed batch against the limits.
@@ -188,6 +193,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(aliases(&doc), 4);
+    }
+
+    #[test]
+    fn a_fragment_counts_once_per_spread() {
+        let doc = async_graphql::parser::parse_query(
+            "query { a: people { ...F } b: people { ...F } c: people { ...F } } fragment F on PersonConnection { x: pageInfo { hasNextPage } y: pageInfo { hasNextPage } }",
+        )
+        .unwrap();
+        assert_eq!(aliases(&doc), 3 + 3 * 2);
     }
 
     #[test]

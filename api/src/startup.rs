@@ -297,6 +297,7 @@ async fn graphql(
                 .data(reads.clone()),
         )
     };
+    let batched = matches!(batch, async_graphql::BatchRequest::Batch(_));
     let mut responses = match batch {
         async_graphql::BatchRequest::Single(request) => vec![run(request).await],
         async_graphql::BatchRequest::Batch(requests) => {
@@ -330,7 +331,7 @@ async fn graphql(
     tracing::info!(request_id = %request_id, role = %role, errors, "graphql request");
     let mut reply = HttpResponse::Ok();
     reply.insert_header(("x-request-id", request_id));
-    if responses.len() == 1 && matches!(body.first(), Some(b'{')) {
+    if !batched {
         reply.json(&responses[0])
     } else {
         reply.json(&responses)

@@ -136,7 +136,10 @@ impl Partner {
             .build();
         let url = format!("{}{}", self.base_url, path);
         loop {
-            let outcome = self.attempt(&url, if_none_match).await;
+            // No attempt outlives the budget: the last one gets only what is left of it.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = self.timeout.min(left.max(Duration::from_millis(1)));
+            let outcome = self.attempt(&url, if_none_match, timeout).await;
             let (error, retry_after) = match outcome {
                 Attempt::Done(answer) => {
                     self.breaker.success();
@@ -162,9 +165,9 @@ impl Partner {
         }
     }
 
-    async fn attempt(&self, url: &str, if_none_match: Option<&str>) -> Attempt {
+    async fn attempt(&self, url: &str, if_none_match: Option<&str>, timeout: Duration) -> Attempt {
         let request = self.client.get(url).headers(self.headers(if_none_match));
-        let result = tokio::time::timeout(self.timeout, async {
+        let result = tokio::time::timeout(timeout, async {
             let response = request.send().await?;
             let status = response.status();
             let etag = response
@@ -183,7 +186,7 @@ impl Partner {
         })
         .await;
         match result {
-            Err(_) => Attempt::Retry(ConnectorError::Timeout(self.timeout), None),
+            Err(_) => Attempt::Retry(ConnectorError::Timeout(timeout), None),
             Ok(Err(e)) => Attempt::Retry(
                 ConnectorError::Unavailable(if e.is_connect() {
                     "connection refused or failed".into()

@@ -171,23 +171,25 @@ pub fn parse_pounds(text: &str) -> Option<Decimal> {
     if valid { text.parse().ok() } else { None }
 }
 
-/// A JSON error as a reason a person can act on, with any quoted value the partner sent
-/// removed: a field holding a name or an identifier must not reach a log or a message.
+/// A JSON error as a reason a person can act on, without any value the partner sent: a field
+/// holding a name or an identifier (quoted, or a bare number in backticks) must not reach a log
+/// or a message. Missing and unknown field names are kept; they are the format's, not a person's.
 pub fn json_error(error: &serde_json::Error) -> String {
     let text = error.to_string();
-    let mut out = String::with_capacity(text.len());
-    let mut quoted = false;
-    for ch in text.chars() {
-        if ch == '"' {
-            if !quoted {
-                out.push_str("\"…\"");
-            }
-            quoted = !quoted;
-        } else if !quoted {
-            out.push(ch);
-        }
+    if text.starts_with("missing field") || text.starts_with("unknown field") {
+        return text
+            .split(" at line")
+            .next()
+            .unwrap_or("a field is missing or unknown")
+            .to_owned();
     }
-    out
+    let kind = match error.classify() {
+        serde_json::error::Category::Io => "the body could not be read",
+        serde_json::error::Category::Syntax => "the body is not valid JSON",
+        serde_json::error::Category::Data => "a value has the wrong type or shape",
+        serde_json::error::Category::Eof => "the body ends too early",
+    };
+    format!("{kind} (line {}, column {})", error.line(), error.column())
 }
 
 #[cfg(test)]
@@ -210,7 +212,16 @@ mod tests {
         let e = serde_json::from_str::<u32>("\"AB123456C\"").unwrap_err();
         let reason = json_error(&e);
         assert!(!reason.contains("AB123456C"), "{reason}");
-        assert!(reason.contains("invalid type"), "{reason}");
+        assert!(reason.contains("wrong type"), "{reason}");
+        let e = serde_json::from_str::<String>("9434765919").unwrap_err();
+        assert!(!json_error(&e).contains("9434765919"), "{}", json_error(&e));
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "only deserialised")]
+        struct Needs {
+            budget_id: String,
+        }
+        let e = serde_json::from_str::<Needs>("{}").unwrap_err();
+        assert_eq!(json_error(&e), "missing field `budget_id`");
     }
 
     #[test]

@@ -17,8 +17,8 @@ async fn spawn_uncached(faulty: &'static str) -> TestApp {
             c.cache_ttl_secs = 0;
             c.breaker_threshold = 1000;
             if c.id.as_str() == faulty {
-                c.timeout_ms = 300;
-                c.retry_budget_ms = 700;
+                c.timeout_ms = 2000;
+                c.retry_budget_ms = 2500;
             }
         }
     })
@@ -191,7 +191,7 @@ async fn fault_matrix_for(partner: usize) {
     let good = app.budget(&ids[0]).await;
     assert_eq!(status(&good, stream_id), "FRESH");
     let faults: [(&str, Option<Fault>, u64); 6] = [
-        ("slow past the timeout", None, 1000),
+        ("slow past the timeout", None, 5000),
         ("HTTP 500", Some(Fault::ServerError), 0),
         (
             "HTTP 429 with Retry-After",
@@ -357,7 +357,7 @@ async fn a_persons_partners_are_asked_at_once_not_one_after_another() {
     .await;
     let ids = app.register_world().await;
     app.budget(&ids[0]).await;
-    let latency = 300;
+    let latency = 1000;
     for sandbox in [
         &app.sandboxes.council,
         &app.sandboxes.access_to_work,
@@ -371,7 +371,7 @@ async fn a_persons_partners_are_asked_at_once_not_one_after_another() {
     assert_eq!(status(&budget, "phb"), "FRESH");
     assert!(elapsed >= Duration::from_millis(latency));
     assert!(
-        elapsed < Duration::from_millis(3 * latency),
+        elapsed < Duration::from_millis(5 * latency / 2),
         "three partners of {latency} ms took {elapsed:?}: they were asked one after another"
     );
 }

@@ -73,9 +73,39 @@ impl Person {
     async fn date_of_birth(&self) -> Date {
         Date(self.0.date_of_birth)
     }
-    /// The identifiers each fund knows this person by, with who linked each and when.
-    async fn identifiers(&self) -> Vec<Identifier> {
-        self.0.identifiers.iter().cloned().map(Identifier).collect()
+    /// The identifiers each fund knows this person by, with who linked each and when. An agency
+    /// sees only the identifiers of the streams the person shares with it, so it cannot learn
+    /// which other funds know the person.
+    async fn identifiers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Identifier>> {
+        let principal = principal(ctx)?;
+        let app = app(ctx)?;
+        let visible = if principal.role == Role::Agency {
+            let scope = access::budget_scope(&app.db, principal, &self.0.id)
+                .await
+                .gql(principal)?
+                .unwrap_or_default();
+            let schemes: Vec<connectors::IdentifierScheme> = app
+                .registry
+                .all()
+                .filter(|c| scope.contains(&c.settings().id.0))
+                .flat_map(|c| c.schemes())
+                .collect();
+            Some(schemes)
+        } else {
+            None
+        };
+        Ok(self
+            .0
+            .identifiers
+            .iter()
+            .filter(|i| {
+                visible
+                    .as_ref()
+                    .is_none_or(|schemes| schemes.contains(&i.scheme))
+            })
+            .cloned()
+            .map(Identifier)
+            .collect())
     }
     /// Bumped by every change to the record or its identifiers.
     async fn version(&self) -> i32 {
@@ -152,7 +182,9 @@ impl Person {
             super::audit::access_log(&app.db, &self.0.id).await
         }
         .await;
-        result.gql(principal)
+        let events = result.gql(principal)?;
+        log_read(ctx, &self.0.id, "access_log.read");
+        Ok(events)
     }
 
     /// The person's support plan: what they plan to buy and which streams fund it.

@@ -217,6 +217,12 @@ impl FundingShare {
     }
 }
 
+fn stale() -> ApiError {
+    ApiError::Conflict(
+        "this plan item was changed by someone else since you read it; read it again and reapply your change".into(),
+    )
+}
+
 /// An item by id; for a caller scoped to some people, a missing item reads as not allowed.
 async fn existing_item(
     db: &sea_orm::DatabaseConnection,
@@ -298,6 +304,10 @@ impl PlanMutation {
         let result = async {
             let existing = existing_item(&app.db, principal, &input.id).await?;
             access::can_touch_item(&app.db, principal, &existing).await?;
+            // The write is conditional on this version, so it changes exactly what was checked.
+            if existing.version != input.expected_version {
+                return Err(stale());
+            }
             let person_id = existing.person_id.clone();
             let spec = ItemSpec {
                 description: input.description,
@@ -335,6 +345,9 @@ impl PlanMutation {
         let result = async {
             let existing = existing_item(&app.db, principal, &id).await?;
             access::can_touch_item(&app.db, principal, &existing).await?;
+            if existing.version != expected_version {
+                return Err(stale());
+            }
             service::remove(&app.db, principal, &id, expected_version).await
         }
         .await;

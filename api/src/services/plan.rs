@@ -290,9 +290,17 @@ pub async fn add(
         let item = load_items(db, std::slice::from_ref(&existing.id))
             .await?
             .pop();
+        // A replay returns the item only when it is the same request in every part, shares
+        // included, so a reused key can never hand back shares the caller was not checked for.
         return match item {
             Some(item)
-                if item.description == spec.description.trim() && item.cost_pence == cost =>
+                if item.description == spec.description.trim()
+                    && item.purpose == spec.purpose.trim()
+                    && item.cost_pence == cost
+                    && item.frequency == frequency
+                    && item.start_date == spec.start_date
+                    && item.end_date == spec.end_date
+                    && item.shares == shares =>
             {
                 Ok(item)
             }
