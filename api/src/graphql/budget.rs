@@ -202,9 +202,7 @@ impl Award {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
         let result = async {
-            let loaders = ctx.data::<super::loaders::Loaders>().map_err(|_| {
-                crate::error::ApiError::Internal(anyhow::anyhow!("request without loaders"))
-            })?;
+            let loaders = super::loaders(ctx)?;
             let scope = crate::services::access::budget_scope(&app.db, principal, &self.1).await?;
             let items = crate::services::plan::within_scope(
                 loaders.plan_items(&self.1).await?,

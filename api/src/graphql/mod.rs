@@ -85,6 +85,12 @@ pub(crate) fn app<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a AppContext
     })
 }
 
+/// This request's batching loaders, set by the HTTP layer.
+pub(crate) fn loaders<'a>(ctx: &Context<'a>) -> ApiResult<&'a loaders::Loaders> {
+    ctx.data::<loaders::Loaders>()
+        .map_err(|_| ApiError::Internal(anyhow::anyhow!("request without loaders")))
+}
+
 /// Converts a service result, tagging internal errors with the request id.
 pub(crate) trait GqlResult<T> {
     fn gql(self, principal: &Principal) -> async_graphql::Result<T>;

@@ -123,15 +123,8 @@ impl Person {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
         let result = async {
-            let window = budget_service::resolve_window(
-                financial_year.as_deref(),
-                from.map(|d| d.0),
-                to.map(|d| d.0),
-                chrono::Utc::now().date_naive(),
-            )?;
-            let loaders = ctx
-                .data::<super::loaders::Loaders>()
-                .map_err(|_| ApiError::Internal(anyhow::anyhow!("request without loaders")))?;
+            let window = window(financial_year.as_deref(), from, to)?;
+            let loaders = super::loaders(ctx)?;
             budget_service::super_budget(
                 &app.db,
                 loaders,
@@ -192,9 +185,7 @@ impl Person {
         use crate::services::sources::StoreReader;
         let principal = principal(ctx)?;
         let result = async {
-            let loaders = ctx
-                .data::<super::loaders::Loaders>()
-                .map_err(|_| ApiError::Internal(anyhow::anyhow!("request without loaders")))?;
+            let loaders = super::loaders(ctx)?;
             let scope = access::budget_scope(
                 &app(ctx).map_err(|_| ApiError::Unauthenticated)?.db,
                 principal,
@@ -223,12 +214,7 @@ impl Person {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
         let result = async {
-            let window = budget_service::resolve_window(
-                financial_year.as_deref(),
-                from.map(|d| d.0),
-                to.map(|d| d.0),
-                chrono::Utc::now().date_naive(),
-            )?;
+            let window = window(financial_year.as_deref(), from, to)?;
             budget_service::trace_csv(&app.db, &app.registry, principal, &self.0, window).await
         }
         .await;
@@ -259,6 +245,20 @@ impl Identifier {
     async fn linked_at(&self) -> String {
         self.0.linked_at.to_rfc3339_opts(SecondsFormat::Secs, true)
     }
+}
+
+/// The window a budget field's arguments ask for, as of today.
+fn window(
+    financial_year: Option<&str>,
+    from: Option<Date>,
+    to: Option<Date>,
+) -> ApiResult<crate::budget::period::Window> {
+    budget_service::resolve_window(
+        financial_year,
+        from.map(|d| d.0),
+        to.map(|d| d.0),
+        chrono::Utc::now().date_naive(),
+    )
 }
 
 /// Registry queries.

@@ -71,6 +71,27 @@ pub struct UpdatePlanItemInput {
     pub shares: Vec<ShareInput>,
 }
 
+/// The service's view of an item's fields, as either input gives them.
+fn item_spec(
+    description: String,
+    purpose: String,
+    cost: Decimal2,
+    frequency: String,
+    start_date: Date,
+    end_date: Option<Date>,
+    input_shares: Vec<ShareInput>,
+) -> ItemSpec {
+    ItemSpec {
+        description,
+        purpose,
+        cost: cost.0,
+        frequency,
+        start_date: start_date.0,
+        end_date: end_date.map(|d| d.0),
+        shares: shares(input_shares),
+    }
+}
+
 fn shares(input: Vec<ShareInput>) -> Vec<ShareSpec> {
     input
         .into_iter()
@@ -268,15 +289,15 @@ impl PlanMutation {
             // Access first, so a caller learns nothing about ids it may not see.
             access::can_read_person(&app.db, principal, &input.person_id).await?;
             let person = persons::get(&app.db, &input.person_id).await?;
-            let spec = ItemSpec {
-                description: input.description,
-                purpose: input.purpose,
-                cost: input.cost.0,
-                frequency: input.frequency,
-                start_date: input.start_date.0,
-                end_date: input.end_date.map(|d| d.0),
-                shares: shares(input.shares),
-            };
+            let spec = item_spec(
+                input.description,
+                input.purpose,
+                input.cost,
+                input.frequency,
+                input.start_date,
+                input.end_date,
+                input.shares,
+            );
             access::can_edit_plan(&app.db, principal, &person.id, &spec).await?;
             service::add(
                 &app.db,
@@ -309,15 +330,15 @@ impl PlanMutation {
                 return Err(stale());
             }
             let person_id = existing.person_id.clone();
-            let spec = ItemSpec {
-                description: input.description,
-                purpose: input.purpose,
-                cost: input.cost.0,
-                frequency: input.frequency,
-                start_date: input.start_date.0,
-                end_date: input.end_date.map(|d| d.0),
-                shares: shares(input.shares),
-            };
+            let spec = item_spec(
+                input.description,
+                input.purpose,
+                input.cost,
+                input.frequency,
+                input.start_date,
+                input.end_date,
+                input.shares,
+            );
             access::can_edit_plan(&app.db, principal, &person_id, &spec).await?;
             service::update(
                 &app.db,
