@@ -56,26 +56,108 @@ pub async fn append(
     append_many(txn, actor, std::slice::from_ref(&event)).await
 }
 
-/// Records reads of personal data: one event per read, all in one transaction, so a request
-/// that reads a page of people costs a fixed number of writes.
-pub async fn record_reads(
-    db: &DatabaseConnection,
-    actor: &Principal,
-    reads: &[(Option<String>, &'static str)],
-) -> ApiResult<()> {
-    if reads.is_empty() {
-        return Ok(());
+/// The most requests one group commit of [`ReadRecorder`] takes.
+const MAX_GROUP: usize = 256;
+
+/// A request's reads waiting for the audit writer.
+struct PendingReads {
+    actor: Principal,
+    reads: Vec<(Option<String>, &'static str)>,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Records the reads of concurrent requests together ("group commit"). One writer task takes
+/// every request waiting, appends all their events in arrival order in one transaction, under
+/// the same head lock as every other audit write, and tells each request once that
+/// transaction has committed. A request still answers only after its reads are stored; what
+/// changes is that thirty requests arriving together cost one commit, not thirty commits
+/// queueing on the write lock.
+#[derive(Clone, Debug)]
+pub struct ReadRecorder {
+    sender: tokio::sync::mpsc::Sender<PendingReads>,
+}
+
+impl std::fmt::Debug for PendingReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingReads")
+            .field("reads", &self.reads.len())
+            .finish()
     }
-    let events: Vec<NewEvent<'_>> = reads
+}
+
+impl ReadRecorder {
+    /// Starts the writer task on the current Tokio runtime.
+    pub fn start(db: DatabaseConnection) -> Self {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<PendingReads>(4 * MAX_GROUP);
+        tokio::spawn(async move {
+            let mut group = Vec::with_capacity(MAX_GROUP);
+            while let Some(first) = receiver.recv().await {
+                group.push(first);
+                while group.len() < MAX_GROUP {
+                    match receiver.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let outcome = write_group(&db, &group).await.map_err(|e| {
+                    tracing::error!(error = ?e, requests = group.len(), "recording reads failed");
+                    e.to_string()
+                });
+                for pending in group.drain(..) {
+                    let _ = pending.done.send(outcome.clone());
+                }
+            }
+        });
+        Self { sender }
+    }
+
+    /// Records one request's reads; returns once they are committed.
+    pub async fn record(
+        &self,
+        actor: &Principal,
+        reads: Vec<(Option<String>, &'static str)>,
+    ) -> ApiResult<()> {
+        if reads.is_empty() {
+            return Ok(());
+        }
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let stopped = || ApiError::Internal(anyhow::anyhow!("the audit writer has stopped"));
+        self.sender
+            .send(PendingReads {
+                actor: actor.clone(),
+                reads,
+                done,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        committed
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
+    }
+}
+
+async fn write_group(db: &DatabaseConnection, group: &[PendingReads]) -> ApiResult<()> {
+    let events: Vec<Vec<NewEvent<'_>>> = group
         .iter()
-        .map(|(person, what)| NewEvent {
-            action: what,
-            person_id: person.as_deref(),
-            detail: Value::Null,
+        .map(|p| {
+            p.reads
+                .iter()
+                .map(|(person, what)| NewEvent {
+                    action: what,
+                    person_id: person.as_deref(),
+                    detail: Value::Null,
+                })
+                .collect()
         })
         .collect();
+    let groups: Vec<(&Principal, &[NewEvent<'_>])> = group
+        .iter()
+        .zip(&events)
+        .map(|(p, e)| (&p.actor, e.as_slice()))
+        .collect();
     let txn = begin_write(db).await?;
-    append_many(&txn, actor, &events).await?;
+    append_groups(&txn, &groups).await?;
     txn.commit().await?;
     Ok(())
 }
@@ -86,7 +168,16 @@ pub async fn append_many(
     actor: &Principal,
     events: &[NewEvent<'_>],
 ) -> ApiResult<()> {
-    if events.is_empty() {
+    append_groups(txn, &[(actor, events)]).await
+}
+
+/// Appends several actors' events in order inside `txn`, which must come from
+/// [`begin_write`]: the group commit of [`ReadRecorder`].
+async fn append_groups(
+    txn: &DatabaseTransaction,
+    groups: &[(&Principal, &[NewEvent<'_>])],
+) -> ApiResult<()> {
+    if groups.iter().all(|(_, events)| events.is_empty()) {
         return Ok(());
     }
     let head = audit_head::Entity::find_by_id(1)
@@ -97,12 +188,14 @@ pub async fn append_many(
         })?;
     let mut seq = head.seq;
     let mut prev = head.hash;
-    let mut rows = Vec::with_capacity(events.len());
-    for event in events {
-        seq += 1;
-        let (row, hash) = event_row(seq, &prev, actor, event);
-        rows.push(row);
-        prev = hash;
+    let mut rows = Vec::with_capacity(groups.iter().map(|(_, e)| e.len()).sum());
+    for (actor, events) in groups {
+        for event in *events {
+            seq += 1;
+            let (row, hash) = event_row(seq, &prev, actor, event);
+            rows.push(row);
+            prev = hash;
+        }
     }
     for chunk in rows.chunks(500) {
         audit_event::Entity::insert_many(chunk.to_vec())

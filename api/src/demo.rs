@@ -87,32 +87,31 @@ pub async fn register_world(
         purpose: Some("loading synthetic people".into()),
         request_id: uuid::Uuid::new_v4().to_string(),
     };
-    let mut ids = Vec::with_capacity(world.people.len());
-    for person in &world.people {
-        let mut identifiers = vec![
-            (IdentifierScheme::NhsNumber, person.nhs_number.clone()),
-            (IdentifierScheme::Nino, person.nino.clone()),
-        ];
-        if let Some(client) = person.council_client_id() {
-            identifiers.push((IdentifierScheme::CouncilClientId, client.to_owned()));
-        }
-        if let Some(reference) = person.ilf_reference() {
-            identifiers.push((IdentifierScheme::IlfReference, reference.to_owned()));
-        }
-        let record = persons::register(
-            db,
-            &loader,
+    let people = world
+        .people
+        .iter()
+        .map(|person| {
+            let mut identifiers = vec![
+                (IdentifierScheme::NhsNumber, person.nhs_number.clone()),
+                (IdentifierScheme::Nino, person.nino.clone()),
+            ];
+            if let Some(client) = person.council_client_id() {
+                identifiers.push((IdentifierScheme::CouncilClientId, client.to_owned()));
+            }
+            if let Some(reference) = person.ilf_reference() {
+                identifiers.push((IdentifierScheme::IlfReference, reference.to_owned()));
+            }
             NewPerson {
                 given_name: person.given_name.clone(),
                 family_name: person.family_name.clone(),
                 date_of_birth: person.date_of_birth,
                 identifiers,
-            },
-        )
+            }
+        })
+        .collect();
+    let ids = persons::register_many(db, &loader, people)
         .await
-        .map_err(|e| anyhow::anyhow!("failed to register a demo person: {e}"))?;
-        ids.push(record.id);
-    }
+        .map_err(|e| anyhow::anyhow!("failed to register the demo people: {e}"))?;
     Ok(ids)
 }
 

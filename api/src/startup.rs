@@ -27,6 +27,7 @@ struct HttpState {
     schema: TributarySchema,
     auth: Arc<Authenticator>,
     db: DatabaseConnection,
+    reads: crate::audit::ReadRecorder,
     limits: LimitSettings,
     rate: TokenRate,
 }
@@ -119,6 +120,7 @@ impl Application {
             schema,
             auth: Arc::new(auth),
             db: db.clone(),
+            reads: crate::audit::ReadRecorder::start(db.clone()),
             rate: TokenRate::new(&settings.limits),
             limits: settings.limits.clone(),
         });
@@ -309,7 +311,7 @@ async fn graphql(
         }
     };
     // No personal data leaves without its read in the audit log.
-    if let Err(e) = crate::audit::record_reads(&state.db, &principal, &reads.take()).await {
+    if let Err(e) = state.reads.record(&principal, reads.take()).await {
         let e = ApiError::internal(anyhow::anyhow!("{e}"), "recording reads in the audit log");
         tracing::error!(request_id = %request_id, error = ?e, "audit write failed; answer withheld");
         return HttpResponse::InternalServerError()

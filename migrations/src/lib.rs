@@ -8,6 +8,7 @@ pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_hub_tables;
+mod m20261124_000002_bulk_record_lookup;
 
 /// Runs the hub's migrations in order.
 #[derive(Debug)]
@@ -16,6 +17,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_hub_tables::Migration)]
+        vec![
+            Box::new(m20261124_000001_hub_tables::Migration),
+            Box::new(m20261124_000002_bulk_record_lookup::Migration),
+        ]
     }
 }

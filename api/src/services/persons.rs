@@ -135,12 +135,99 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// Registers a person with their identifiers, all or nothing.
+/// Registers a person with their identifiers, in one transaction with its audit event.
 pub async fn register(
     db: &DatabaseConnection,
     actor: &Principal,
     input: NewPerson,
 ) -> ApiResult<PersonRecord> {
+    let prepared = prepare(input)?;
+    let txn = audit::begin_write(db).await?;
+    let id = insert_prepared(&txn, actor, &prepared, Utc::now()).await?;
+    let schemes = prepared.schemes();
+    audit::append(
+        &txn,
+        actor,
+        NewEvent {
+            action: "person.registered",
+            person_id: Some(&id),
+            detail: json!({ "identifierSchemes": schemes }),
+        },
+    )
+    .await?;
+    let record = load(&txn, &id).await?;
+    txn.commit().await?;
+    record.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("registered person vanished")))
+}
+
+/// How many people one transaction of [`register_many`] takes.
+pub const REGISTER_BATCH: usize = 500;
+
+/// Registers many people (a caseload being onboarded): every input is checked first, then they
+/// go in batches of [`REGISTER_BATCH`], each batch one transaction with an audit event per
+/// person. A bad input or an identifier already linked refuses its whole batch, naming the
+/// input's position; batches before it stay registered. Returns the new ids in input order.
+pub async fn register_many(
+    db: &DatabaseConnection,
+    actor: &Principal,
+    inputs: Vec<NewPerson>,
+) -> ApiResult<Vec<String>> {
+    let mut prepared = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.into_iter().enumerate() {
+        prepared.push(prepare(input).map_err(|e| at_position(index, e))?);
+    }
+    let mut ids = Vec::with_capacity(prepared.len());
+    for (batch_no, batch) in prepared.chunks(REGISTER_BATCH).enumerate() {
+        let txn = audit::begin_write(db).await?;
+        let now = Utc::now();
+        let mut batch_ids = Vec::with_capacity(batch.len());
+        let mut schemes = Vec::with_capacity(batch.len());
+        for (offset, person) in batch.iter().enumerate() {
+            let id = insert_prepared(&txn, actor, person, now)
+                .await
+                .map_err(|e| at_position(batch_no * REGISTER_BATCH + offset, e))?;
+            batch_ids.push(id);
+            schemes.push(person.schemes());
+        }
+        let events: Vec<NewEvent<'_>> = batch_ids
+            .iter()
+            .zip(&schemes)
+            .map(|(id, schemes)| NewEvent {
+                action: "person.registered",
+                person_id: Some(id),
+                detail: json!({ "identifierSchemes": schemes }),
+            })
+            .collect();
+        audit::append_many(&txn, actor, &events).await?;
+        txn.commit().await?;
+        ids.extend(batch_ids);
+    }
+    Ok(ids)
+}
+
+fn at_position(index: usize, error: ApiError) -> ApiError {
+    match error {
+        ApiError::BadInput(m) => ApiError::BadInput(format!("person {index}: {m}")),
+        ApiError::Conflict(m) => ApiError::Conflict(format!("person {index}: {m}")),
+        other => other,
+    }
+}
+
+/// A registration whose names, date and identifiers have been checked and normalised.
+struct Prepared {
+    given_name: String,
+    family_name: String,
+    date_of_birth: NaiveDate,
+    identifiers: Vec<(IdentifierScheme, String)>,
+}
+
+impl Prepared {
+    fn schemes(&self) -> Vec<&'static str> {
+        self.identifiers.iter().map(|(s, _)| s.as_str()).collect()
+    }
+}
+
+fn prepare(input: NewPerson) -> ApiResult<Prepared> {
     let given_name = clean_name("givenName", &input.given_name)?;
     let family_name = clean_name("familyName", &input.family_name)?;
     check_date_of_birth(input.date_of_birth)?;
@@ -161,44 +248,44 @@ pub async fn register(
         }
         identifiers.push((*scheme, value));
     }
+    Ok(Prepared {
+        given_name,
+        family_name,
+        date_of_birth: input.date_of_birth,
+        identifiers,
+    })
+}
 
-    let txn = audit::begin_write(db).await?;
-    for (scheme, value) in &identifiers {
-        if find_identifier(&txn, *scheme, value).await?.is_some() {
+/// Inserts a checked person and their identifiers inside `txn` (which holds the audit head
+/// lock), refusing an identifier already linked to anyone.
+async fn insert_prepared(
+    txn: &sea_orm::DatabaseTransaction,
+    actor: &Principal,
+    person: &Prepared,
+    now: DateTime<Utc>,
+) -> ApiResult<String> {
+    for (scheme, value) in &person.identifiers {
+        if find_identifier(txn, *scheme, value).await?.is_some() {
             return Err(conflict_linked(*scheme));
         }
     }
-    let now = Utc::now();
     let id = uuid::Uuid::now_v7().to_string();
     person::ActiveModel {
         id: Set(id.clone()),
-        given_name: Set(given_name),
-        family_name: Set(family_name),
-        date_of_birth: Set(input.date_of_birth),
+        given_name: Set(person.given_name.clone()),
+        family_name: Set(person.family_name.clone()),
+        date_of_birth: Set(person.date_of_birth),
         version: Set(1),
         created_by: Set(actor.sub.clone()),
         created_at: Set(now),
         updated_at: Set(now),
     }
-    .insert(&txn)
+    .insert(txn)
     .await?;
-    for (scheme, value) in &identifiers {
-        insert_identifier(&txn, actor, &id, *scheme, value, now).await?;
+    for (scheme, value) in &person.identifiers {
+        insert_identifier(txn, actor, &id, *scheme, value, now).await?;
     }
-    let schemes: Vec<&str> = identifiers.iter().map(|(s, _)| s.as_str()).collect();
-    audit::append(
-        &txn,
-        actor,
-        NewEvent {
-            action: "person.registered",
-            person_id: Some(&id),
-            detail: json!({ "identifierSchemes": schemes }),
-        },
-    )
-    .await?;
-    let record = load(&txn, &id).await?;
-    txn.commit().await?;
-    record.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("registered person vanished")))
+    Ok(id)
 }
 
 async fn find_identifier(

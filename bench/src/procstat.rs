@@ -1,0 +1,113 @@
+//! CPU time and resident memory of a process, read from `/proc` (Linux), and a sampler that
+//! keeps the peak while a run goes on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Clock ticks per second for `/proc/<pid>/stat` (USER_HZ, 100 on every Linux we run on).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// One reading of a process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reading {
+    /// User plus system CPU seconds used so far.
+    pub cpu_secs: f64,
+    /// Resident set now, in kB.
+    pub rss_kb: u64,
+    /// The kernel's own high-water mark of the resident set, in kB.
+    pub hwm_kb: u64,
+}
+
+/// Reads a process's CPU and memory; `None` once it has gone.
+pub fn read(pid: u32) -> Option<Reading> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields count from after ')'.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After ')': state is field 0, so utime (14th overall) is index 11 and stime index 12.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(Reading {
+        cpu_secs: (utime + stime) / TICKS_PER_SEC,
+        rss_kb: field("VmRSS:"),
+        hwm_kb: field("VmHWM:"),
+    })
+}
+
+/// The calling process's own reading.
+pub fn own() -> Reading {
+    read(std::process::id()).unwrap_or_default()
+}
+
+/// Polls a process every 50 ms, keeping its peak resident set and its last CPU reading, so
+/// that a process which exits between polls still leaves figures behind.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    peak_rss_kb: Arc<AtomicU64>,
+    hwm_kb: Arc<AtomicU64>,
+    last_cpu_millis: Arc<AtomicU64>,
+}
+
+impl Sampler {
+    /// Starts polling `pid` on the current Tokio runtime.
+    pub fn start(pid: u32) -> Self {
+        let sampler = Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            peak_rss_kb: Arc::new(AtomicU64::new(0)),
+            hwm_kb: Arc::new(AtomicU64::new(0)),
+            last_cpu_millis: Arc::new(AtomicU64::new(0)),
+        };
+        let s = sampler.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !s.stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let Some(r) = read(pid) else { break };
+                s.peak_rss_kb.fetch_max(r.rss_kb, Ordering::Relaxed);
+                s.hwm_kb.fetch_max(r.hwm_kb, Ordering::Relaxed);
+                s.last_cpu_millis
+                    .store((r.cpu_secs * 1000.0) as u64, Ordering::Relaxed);
+            }
+        });
+        sampler
+    }
+
+    /// Forgets the peak so far (the kernel's high-water mark cannot be reset, so a phase's
+    /// peak is the highest resident set polled from now on).
+    pub fn reset_peak(&self, pid: u32) {
+        let now = read(pid).map(|r| r.rss_kb).unwrap_or(0);
+        self.peak_rss_kb.store(now, Ordering::Relaxed);
+    }
+
+    /// Peak resident set seen, in MB.
+    pub fn peak_mb(&self) -> f64 {
+        self.peak_rss_kb.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+
+    /// The kernel's high-water mark of the resident set over the process's whole life, as
+    /// last read, in MB.
+    pub fn hwm_mb(&self) -> f64 {
+        self.hwm_kb.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+
+    /// The last CPU seconds read.
+    pub fn last_cpu_secs(&self) -> f64 {
+        self.last_cpu_millis.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Stops polling.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

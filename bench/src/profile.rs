@@ -1,0 +1,68 @@
+//! A sampling profile of the hub process with Linux `perf`, summarised as the frames that
+//! spent the most time themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::Context as _;
+
+/// A running `perf record` attached to a process.
+#[derive(Debug)]
+pub struct Perf {
+    child: tokio::process::Child,
+    data: PathBuf,
+}
+
+impl Perf {
+    /// Starts sampling `pid` at 999 Hz into `data`.
+    pub fn start(pid: u32, data: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = data.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let child = tokio::process::Command::new("perf")
+            .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("perf is not installed (apt-get install linux-perf)")?;
+        Ok(Self {
+            child,
+            data: data.to_owned(),
+        })
+    }
+
+    /// Stops sampling and returns the top ten frames by their own share of the samples, and
+    /// writes the whole report beside the data file.
+    pub async fn finish(mut self) -> anyhow::Result<Vec<String>> {
+        if let Some(pid) = self.child.id() {
+            // perf writes its file on SIGINT.
+            tokio::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status()
+                .await?;
+        }
+        self.child.wait().await?;
+        let output = tokio::process::Command::new("perf")
+            .args([
+                "report",
+                "--no-children",
+                "--sort",
+                "symbol",
+                "--stdio",
+                "-i",
+            ])
+            .arg(&self.data)
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        std::fs::write(self.data.with_extension("txt"), &text)?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains('%'))
+            .take(10)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect())
+    }
+}

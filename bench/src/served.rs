@@ -1,0 +1,572 @@
+//! The whole-server figures on one store: registration, `tributary sync`, superBudget served
+//! from snapshots (closed loop and constant rate), the live fan-out to partners at 50 ms, hub
+//! CPU per query and resident memory; and the ILF extract on its own.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sandboxes::Sandboxes;
+use sandboxes::world::World;
+use sea_orm::ConnectionTrait as _;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tributary::auth::{Role, TokenIssuer};
+use tributary::config::{AuthSettings, DatabaseSettings};
+
+use crate::hub::{self, Hub, HubConfig};
+use crate::load::{self, LoadSpec};
+use crate::procstat;
+use crate::report::{Goal, Report};
+use crate::{Args, Plan};
+
+/// The query a portal sends for a person's combined budget: every money figure, every stream,
+/// every award with its source, and the warnings.
+pub const SUPER_BUDGET: &str = include_str!("../queries/super_budget.graphql");
+
+/// What one store's half measured, for the side-by-side figures.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+    /// Snapshot-served queries a second, closed loop.
+    pub served_rps: f64,
+    /// `tributary sync` people a second.
+    pub sync_people_per_sec: f64,
+    /// Live fan-out queries a second, closed loop.
+    pub fanout_rps: f64,
+    /// The store's URL (left populated for the peer run).
+    pub database_url: String,
+    /// Hub ids in world order.
+    pub ids: Vec<String>,
+}
+
+/// An auditor token and the headers every benchmark request carries.
+pub fn auditor_headers(secret: &str) -> anyhow::Result<Vec<String>> {
+    let issuer = TokenIssuer::hs256(
+        &AuthSettings::default(),
+        &SecretString::from(secret.to_owned()),
+    );
+    let token = issuer.issue("bench-auditor", Role::Auditor, Vec::new(), None, 6 * 3600)?;
+    Ok(vec![
+        format!("Authorization: Bearer {token}"),
+        "Tributary-Purpose: benchmark".to_owned(),
+    ])
+}
+
+/// Writes one superBudget request body per person, one per line.
+pub fn write_bodies(dir: &Path, name: &str, ids: &[String]) -> anyhow::Result<std::path::PathBuf> {
+    let mut text = String::with_capacity(ids.len() * (SUPER_BUDGET.len() + 80));
+    for id in ids {
+        text.push_str(&serde_json::to_string(
+            &json!({ "query": SUPER_BUDGET, "variables": { "id": id } }),
+        )?);
+        text.push('\n');
+    }
+    hub::write_file(dir, name, &text)
+}
+
+/// Sends a few of the bodies and checks the answers are whole budgets with no errors, so the
+/// load that follows measures real answers.
+pub async fn check_answers(url: &str, headers: &[String], ids: &[String]) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for id in ids.iter().step_by((ids.len() / 5).max(1)).take(5) {
+        let mut request = client
+            .post(url)
+            .json(&json!({ "query": SUPER_BUDGET, "variables": { "id": id } }));
+        for h in headers {
+            if let Some((name, value)) = h.split_once(": ") {
+                request = request.header(name, value);
+            }
+        }
+        let answer: Value = request.send().await?.json().await?;
+        anyhow::ensure!(
+            answer.get("errors").is_none(),
+            "the hub answered with errors: {}",
+            answer["errors"]
+        );
+        anyhow::ensure!(
+            answer["data"]["person"]["superBudget"]["streams"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty()),
+            "the hub's answer has no streams"
+        );
+    }
+    Ok(())
+}
+
+/// Creates a fresh database on the PostgreSQL server at `base`; returns its URL.
+pub async fn postgres_database(base: &str) -> anyhow::Result<String> {
+    let admin = sea_orm::Database::connect(format!("{base}/postgres"))
+        .await
+        .context("no PostgreSQL server answers")?;
+    let name = format!("tributary_bench_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// Drops a database made by [`postgres_database`].
+pub async fn drop_postgres_database(base: &str, url: &str) {
+    let Some(name) = url.rsplit('/').next() else {
+        return;
+    };
+    if let Ok(admin) = sea_orm::Database::connect(format!("{base}/postgres")).await {
+        let _ = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
+}
+
+fn sandbox_urls(sandboxes: &Sandboxes) -> [String; 4] {
+    sandboxes.all().map(|s| s.url())
+}
+
+fn total_hits(sandboxes: &Sandboxes) -> u64 {
+    sandboxes.all().iter().map(|s| s.faults.hits()).sum()
+}
+
+/// The ILF extract through `tributary sync` with only the ILF connector, at two sizes: the
+/// time to download, parse and load the larger, and the peak memory of both (flat means the
+/// larger file does not need more memory).
+pub async fn ilf_extract(
+    binary: &Path,
+    plan: &Plan,
+    dir: &Path,
+    secret: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut peaks = Vec::new();
+    for rows in plan.ilf_rows {
+        let world = Arc::new(World::generate_with_ilf_rows(
+            sandboxes::world::DEMO_SEED,
+            rows,
+        ));
+        let sandboxes = Sandboxes::start(world)?;
+        let db = dir.join(format!("ilf-{rows}.db"));
+        let config = HubConfig {
+            database_url: format!("sqlite://{}?mode=rwc", db.display()),
+            partners: sandbox_urls(&sandboxes),
+            cache_ttl_secs: 0,
+            port: 0,
+        };
+        let file = hub::write_file(dir, &format!("ilf-{rows}.toml"), &config.ilf_only_toml())?;
+        // Migrate first, so the timed run is the extract alone.
+        hub::run_command(binary, &file, &["migrate"], secret).await?;
+        let (wall, peak, stdout) = hub::run_command(binary, &file, &["sync"], secret).await?;
+        anyhow::ensure!(
+            stdout.contains("Loaded"),
+            "the ILF extract did not load: {stdout}"
+        );
+        let loaded = stdout
+            .lines()
+            .find(|l| l.starts_with("extract ilf"))
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        peaks.push((rows, peak));
+        if rows == plan.ilf_rows[1] {
+            report.target(
+                "scale",
+                &format!("ILF extract of {rows} rows: download, parse and load into the store"),
+                Some("sqlite"),
+                Some(wall),
+                "s",
+                Goal::AtMost,
+                2.0,
+                format!(
+                    "a tributary sync process with only the ILF connector, start to exit ({loaded})"
+                ),
+            );
+        }
+        for s in sandboxes.all() {
+            s.stop().await;
+        }
+    }
+    if let [(small_rows, small), (large_rows, large)] = peaks[..] {
+        report.info(
+            "memory",
+            &format!("peak resident memory loading {small_rows} / {large_rows} ILF rows"),
+            Some("sqlite"),
+            Some(large),
+            "MB",
+            format!("{small:.1} MB for {small_rows} rows, {large:.1} MB for {large_rows} rows"),
+        );
+        report.target(
+            "memory",
+            &format!("memory growth from {small_rows} to {large_rows} ILF rows"),
+            Some("sqlite"),
+            Some(large / small),
+            "x",
+            Goal::AtMost,
+            1.2,
+            "flat: the file is streamed to disk, parsed as a stream and inserted in batches",
+        );
+    }
+    Ok(())
+}
+
+/// Every whole-server figure on one store.
+#[allow(clippy::too_many_arguments)]
+pub async fn backend_suite(
+    args: &Args,
+    plan: &Plan,
+    world: &World,
+    sandboxes: &Sandboxes,
+    backend: &str,
+    database_url: &str,
+    dir: &Path,
+    secret: &str,
+    report: &mut Report,
+) -> anyhow::Result<Summary> {
+    let b = Some(backend);
+    let db = tributary::db::connect(&DatabaseSettings {
+        url: database_url.to_owned(),
+        max_connections: 4,
+    })
+    .await?;
+    tributary::db::migrate(&db).await?;
+    let t = Instant::now();
+    let ids = tributary::demo::register_world(&db, world).await?;
+    report.info(
+        "scale",
+        &format!("register {} people (bulk, 500 a transaction)", ids.len()),
+        b,
+        Some(ids.len() as f64 / t.elapsed().as_secs_f64()),
+        "people/s",
+        "in process, with an audit event per person",
+    );
+    db.close().await?;
+
+    // tributary sync over everyone, from the sandboxes.
+    let port = hub::free_port()?;
+    let mut config = HubConfig {
+        database_url: database_url.to_owned(),
+        partners: sandbox_urls(sandboxes),
+        cache_ttl_secs: 24 * 3600,
+        port,
+    };
+    let file = hub::write_file(dir, &format!("{backend}-served.toml"), &config.toml())?;
+    let (wall, peak, stdout) =
+        hub::run_command(&args.hub, &file, &["sync", "--concurrency", "64"], secret).await?;
+    let people_per_sec = ids.len() as f64 / wall;
+    let counts = stdout
+        .lines()
+        .find(|l| l.starts_with("people"))
+        .unwrap_or("")
+        .to_owned();
+    report.target(
+        "scale",
+        &format!(
+            "tributary sync, {} people across the four partners",
+            ids.len()
+        ),
+        b,
+        Some(people_per_sec),
+        "people/s",
+        Goal::AtLeast,
+        2000.0,
+        format!("{wall:.1} s start to exit, concurrency 64; {counts}"),
+    );
+    report.target(
+        "memory",
+        "peak resident memory during a sync",
+        b,
+        Some(peak),
+        "MB",
+        Goal::AtMost,
+        128.0,
+        format!("tributary sync over {} people", ids.len()),
+    );
+
+    // Served from fresh snapshots.
+    let headers = auditor_headers(secret)?;
+    let bodies = write_bodies(dir, &format!("{backend}-bodies.txt"), &ids)?;
+    let hub = Hub::start(
+        &args.hub,
+        &file,
+        secret,
+        port,
+        &dir.join(format!("{backend}-hub.log")),
+    )
+    .await?;
+    check_answers(&hub.url, &headers, &ids).await?;
+    let spec = |connections: usize, rate: Option<u32>, duration: Duration| LoadSpec {
+        url: hub.url.clone(),
+        headers: headers.clone(),
+        bodies: bodies.clone(),
+        connections,
+        rate,
+        duration,
+    };
+    load::run(&args.oha, &spec(32, None, plan.warmup)).await?;
+    let hits_before = total_hits(sandboxes);
+    hub.sampler.reset_peak(hub.pid);
+    let before = procstat::read(hub.pid).unwrap_or_default();
+    let own_before = procstat::own();
+    let profiler = if args.profile {
+        Some(crate::profile::Perf::start(
+            hub.pid,
+            &args.out.join(format!("perf-served-{backend}.data")),
+        )?)
+    } else {
+        None
+    };
+    let closed = load::run(&args.oha, &spec(32, None, plan.run)).await?;
+    if let Some(profiler) = profiler {
+        match profiler.finish().await {
+            Ok(top) => report.note(format!(
+                "{backend}: perf profile of the hub during the snapshot-served run, top frames by own time: {}",
+                top.join("; ")
+            )),
+            Err(e) => report.note(format!("{backend}: the profile could not be taken: {e:#}")),
+        }
+    }
+    let after = procstat::read(hub.pid).unwrap_or_default();
+    let own_after = procstat::own();
+    let partner_calls = total_hits(sandboxes) - hits_before;
+    anyhow::ensure!(closed.ok > 0, "no query was answered 200: {closed:?}");
+    let cpu_per_query_us = (after.cpu_secs - before.cpu_secs) / closed.ok as f64 * 1e6;
+    let non_ok = closed.requests - closed.ok + closed.errors;
+    report.target(
+        "snapshots",
+        "superBudget throughput, closed loop, 32 connections",
+        b,
+        Some(closed.rps),
+        "queries/s",
+        Goal::AtLeast,
+        6000.0,
+        format!(
+            "{} random people, {} answered 200, {} not; partners called {} times",
+            ids.len(),
+            closed.ok,
+            non_ok,
+            partner_calls
+        ),
+    );
+    report.target(
+        "snapshots",
+        "superBudget p99, closed loop, 32 connections",
+        b,
+        Some(closed.p99_ms),
+        "ms",
+        Goal::AtMost,
+        15.0,
+        format!("p50 {:.2} ms", closed.p50_ms),
+    );
+    report.target(
+        "cpu",
+        "hub CPU per query, served from snapshots",
+        b,
+        Some(cpu_per_query_us),
+        "µs",
+        Goal::AtMost,
+        150.0,
+        format!(
+            "hub process CPU {:.2} s over {} queries",
+            after.cpu_secs - before.cpu_secs,
+            closed.ok
+        ),
+    );
+    report.info(
+        "cpu",
+        "load generator CPU per query (oha), served from snapshots",
+        b,
+        Some(closed.generator_cpu_secs / closed.requests.max(1) as f64 * 1e6),
+        "µs",
+        format!(
+            "oha used {:.2} CPU s in {:.1} s ({:.0}% of one core); the sandboxes' process used {:.2} s",
+            closed.generator_cpu_secs,
+            closed.wall_secs,
+            closed.generator_cpu_secs / closed.wall_secs * 100.0,
+            own_after.cpu_secs - own_before.cpu_secs
+        ),
+    );
+    let constant = load::run(&args.oha, &spec(32, Some(3000), plan.run)).await?;
+    report.target(
+        "snapshots",
+        "superBudget p99 at a constant 3,000 queries/s",
+        b,
+        Some(constant.p99_ms),
+        "ms",
+        Goal::AtMost,
+        5.0,
+        format!(
+            "open loop with latency correction; achieved {:.0}/s, p50 {:.2} ms, {} not 200",
+            constant.rps,
+            constant.p50_ms,
+            constant.requests - constant.ok + constant.errors
+        ),
+    );
+    report.target(
+        "memory",
+        "hub peak resident memory, steady under load",
+        b,
+        Some(hub.sampler.peak_mb()),
+        "MB",
+        Goal::AtMost,
+        64.0,
+        "polled every 50 ms through the closed-loop and constant-rate runs",
+    );
+    hub.stop().await?;
+
+    // The live fan-out: nothing cached, every live partner 50 ms away.
+    config.cache_ttl_secs = 0;
+    config.port = hub::free_port()?;
+    let live_file = hub::write_file(dir, &format!("{backend}-live.toml"), &config.toml())?;
+    let hub = Hub::start(
+        &args.hub,
+        &live_file,
+        secret,
+        config.port,
+        &dir.join(format!("{backend}-hub-live.log")),
+    )
+    .await?;
+    for s in sandboxes.all() {
+        s.faults.set_latency_ms(50);
+    }
+    let rate = 40;
+    let ideal = ideal_fan_out(world, sandboxes, rate, plan.run).await?;
+    let spec = |connections: usize, rate: Option<u32>, duration: Duration| LoadSpec {
+        url: hub.url.clone(),
+        headers: headers.clone(),
+        bodies: bodies.clone(),
+        connections,
+        rate,
+        duration,
+    };
+    let modest = load::run(&args.oha, &spec(8, Some(rate), plan.run)).await?;
+    report.info(
+        "fan-out",
+        "the partners alone: the three live partners asked at once, p50 / p99",
+        b,
+        Some(ideal.0),
+        "ms",
+        format!(
+            "p99 {:.2} ms; this process calls council, Access to Work and health board concurrently for a random person, {rate}/s, as the hub would (ILF is served from the loaded extract)",
+            ideal.1
+        ),
+    );
+    report.target(
+        "fan-out",
+        "hub overhead above the partners, p50",
+        b,
+        Some(modest.p50_ms - ideal.0),
+        "ms",
+        Goal::AtMost,
+        1.0,
+        format!(
+            "first superBudget with cache_ttl_secs = 0 at {rate}/s, 8 connections: p50 {:.2} ms (the sum of the partners would be 150 ms)",
+            modest.p50_ms
+        ),
+    );
+    report.target(
+        "fan-out",
+        "hub overhead above the partners, p99",
+        b,
+        Some(modest.p99_ms - ideal.1),
+        "ms",
+        Goal::AtMost,
+        3.0,
+        format!("hub p99 {:.2} ms", modest.p99_ms),
+    );
+    let before = procstat::read(hub.pid).unwrap_or_default();
+    let busy = load::run(&args.oha, &spec(32, None, plan.run)).await?;
+    let after = procstat::read(hub.pid).unwrap_or_default();
+    let fanout_cpu = (after.cpu_secs - before.cpu_secs) / busy.ok.max(1) as f64 * 1e6;
+    report.target(
+        "cpu",
+        "hub CPU per query, live fan-out to the partners",
+        b,
+        Some(fanout_cpu),
+        "µs",
+        Goal::AtMost,
+        400.0,
+        format!(
+            "closed loop, 32 connections, partners at 50 ms: {:.0} queries/s, p50 {:.1} ms, {} not 200",
+            busy.rps,
+            busy.p50_ms,
+            busy.requests - busy.ok + busy.errors
+        ),
+    );
+    for s in sandboxes.all() {
+        s.faults.set_latency_ms(0);
+    }
+    hub.stop().await?;
+
+    // The chain must hold after all that.
+    let (_, _, verdict) = hub::run_command(&args.hub, &file, &["audit", "verify"], secret).await?;
+    report.note(format!("{backend}: after the runs, {}", verdict.trim()));
+
+    Ok(Summary {
+        backend: backend.to_owned(),
+        served_rps: closed.rps,
+        sync_people_per_sec: people_per_sec,
+        fanout_rps: busy.rps,
+        database_url: database_url.to_owned(),
+        ids,
+    })
+}
+
+/// What the partners alone cost: for a random person, this process asks the three live
+/// partners at once, exactly the requests the hub makes, at `rate` a second for `duration`,
+/// timing each join from when it was due. Returns (p50, p99) in ms.
+async fn ideal_fan_out(
+    world: &World,
+    sandboxes: &Sandboxes,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let client = reqwest::Client::new();
+    let council = sandboxes.council.url();
+    let atw = sandboxes.access_to_work.url();
+    let phb = sandboxes.health_board.url();
+    let n = world.people.len();
+    let count = (f64::from(rate) * duration.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for k in 0..count {
+        let due = start + interval * u32::try_from(k)?;
+        tokio::time::sleep_until(due).await;
+        // A fixed stride through the world: every call a different person.
+        let person = &world.people[(k * 7919) % n];
+        let council_url = match person.council_client_id() {
+            Some(client_id) => format!("{council}/api/v1/clients/{client_id}/personal-budgets"),
+            None => format!("{council}/api/v1/clients?nhs_number={}", person.nhs_number),
+        };
+        let atw_url = format!("{atw}/atw/v2/claimants/{}/awards", person.nino);
+        let phb_url = format!("{phb}/phb/v1/patients/{}/budgets", person.nhs_number);
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let (a, b, c) = tokio::join!(
+                client
+                    .get(&council_url)
+                    .bearer_auth(sandboxes::servers::LA_TOKEN)
+                    .send(),
+                client
+                    .get(&atw_url)
+                    .header("X-Api-Key", sandboxes::servers::ATW_KEY)
+                    .send(),
+                client
+                    .get(&phb_url)
+                    .bearer_auth(sandboxes::servers::PHB_TOKEN)
+                    .send(),
+            );
+            for r in [a, b, c] {
+                r?.bytes().await?;
+            }
+            Ok::<f64, reqwest::Error>(due.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut samples = Vec::with_capacity(count);
+    for t in tasks {
+        samples.push(t.await??);
+    }
+    Ok((
+        load::percentile(&mut samples, 50.0),
+        load::percentile(&mut samples, 99.0),
+    ))
+}
