@@ -11,7 +11,7 @@ use entities::{audit_event, audit_head};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -37,14 +37,14 @@ pub struct NewEvent<'a> {
 }
 
 /// Begins a writing transaction whose first act is to take the audit chain's head lock.
-pub async fn begin_write(db: &DatabaseConnection) -> ApiResult<DatabaseTransaction> {
-    let txn = db.begin().await?;
+pub async fn begin_write(db: &DatabaseConnection) -> ApiResult<crate::db::WriteTxn> {
+    let write = crate::db::begin_write(db).await?;
     audit_head::Entity::update_many()
         .col_expr(audit_head::Column::Seq, Expr::col(audit_head::Column::Seq))
         .filter(audit_head::Column::Id.eq(1))
-        .exec(&txn)
+        .exec(write.txn())
         .await?;
-    Ok(txn)
+    Ok(write)
 }
 
 /// Appends an event inside `txn`, which must come from [`begin_write`].
@@ -156,9 +156,10 @@ async fn write_group(db: &DatabaseConnection, group: &[PendingReads]) -> ApiResu
         .zip(&events)
         .map(|(p, e)| (&p.actor, e.as_slice()))
         .collect();
-    let txn = begin_write(db).await?;
-    append_groups(&txn, &groups).await?;
-    txn.commit().await?;
+    let write = begin_write(db).await?;
+    let txn = write.txn();
+    append_groups(txn, &groups).await?;
+    write.commit().await?;
     Ok(())
 }
 

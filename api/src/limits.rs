@@ -2,7 +2,9 @@
 //! before it is read whole), content type (no CSRF-able form posts), batch size, alias count,
 //! and a per-token rate limit. Depth, complexity and directives per field are the schema's own.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, Selection, SelectionSet,
@@ -128,21 +130,73 @@ pub fn aliases(document: &ExecutableDocument) -> usize {
     }
 }
 
-/// Checks a parsed batch against the limits.
+/// Parsed queries by their text. Clients send the same few query texts over and over (a
+/// portal's superBudget query with different variables), and parsing is the largest single
+/// cost of a request served from snapshots; a parsed copy is cloned instead. Small and bounded:
+/// only texts up to [`DocumentCache::MAX_TEXT`] bytes, at most [`DocumentCache::MAX_ENTRIES`],
+/// emptied when full.
+#[derive(Debug, Default)]
+pub struct DocumentCache(std::sync::Mutex<HashMap<String, Arc<ExecutableDocument>>>);
+
+impl DocumentCache {
+    /// The longest query text kept.
+    pub const MAX_TEXT: usize = 16 * 1024;
+    /// The most texts kept.
+    pub const MAX_ENTRIES: usize = 256;
+
+    /// The parsed document for `query`, from the cache or parsed now; `None` if it does not
+    /// parse (the schema then reports the error precisely).
+    pub fn parse(&self, query: &str) -> Option<Arc<ExecutableDocument>> {
+        let lock = || {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(doc) = lock().get(query) {
+            return Some(doc.clone());
+        }
+        let doc = Arc::new(async_graphql::parser::parse_query(query).ok()?);
+        if query.len() <= Self::MAX_TEXT {
+            let mut cache = lock();
+            if cache.len() >= Self::MAX_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(query.to_owned(), doc.clone());
+        }
+        Some(doc)
+    }
+
+    /// How many texts are kept.
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Checks a batch against the limits, and hands each request its parsed document (so the
+/// schema does not parse it again).
 pub fn check_batch(
-    batch: &async_graphql::BatchRequest,
+    batch: &mut async_graphql::BatchRequest,
     limits: &LimitSettings,
+    documents: &DocumentCache,
 ) -> Result<(), Refusal> {
-    let requests: Vec<&async_graphql::Request> = batch.iter().collect();
-    if requests.len() > limits.max_batch {
+    let count = batch.iter().count();
+    if count > limits.max_batch {
         return Err(Refusal::BatchTooLarge {
-            given: requests.len(),
+            given: count,
             limit: limits.max_batch,
         });
     }
-    for request in requests {
+    for request in batch.iter_mut() {
         // A query that does not parse is left to the schema, which reports it precisely.
-        if let Ok(document) = async_graphql::parser::parse_query(&request.query) {
+        if let Some(document) = documents.parse(&request.query) {
             let given = aliases(&document);
             if given > limits.max_aliases {
                 return Err(Refusal::TooManyAliases {
@@ -150,6 +204,7 @@ pub fn check_batch(
                     limit: limits.max_aliases,
                 });
             }
+            request.set_parsed_query((*document).clone());
         }
     }
     Ok(())
@@ -185,6 +240,27 @@ impl TokenRate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_text_is_parsed_once_and_the_cache_stays_bounded() {
+        let cache = DocumentCache::default();
+        let first = cache.parse("{ a b }").unwrap();
+        let again = cache.parse("{ a b }").unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second parse was not served from the cache"
+        );
+        assert!(cache.parse("{ a ").is_none());
+        assert_eq!(cache.len(), 1, "a text that does not parse is not kept");
+        for i in 0..DocumentCache::MAX_ENTRIES + 10 {
+            cache.parse(&format!("{{ f{i} }}")).unwrap();
+        }
+        assert!(cache.len() <= DocumentCache::MAX_ENTRIES);
+        let long = format!("{{ {} }}", "x ".repeat(DocumentCache::MAX_TEXT));
+        let before = cache.len();
+        cache.parse(&long).unwrap();
+        assert!(cache.len() <= before, "an over-long text is not kept");
+    }
 
     #[test]
     fn aliases_are_counted_through_nesting_and_fragments() {

@@ -28,6 +28,7 @@ struct HttpState {
     auth: Arc<Authenticator>,
     db: DatabaseConnection,
     reads: crate::audit::ReadRecorder,
+    documents: limits::DocumentCache,
     limits: LimitSettings,
     rate: TokenRate,
 }
@@ -121,6 +122,7 @@ impl Application {
             auth: Arc::new(auth),
             db: db.clone(),
             reads: crate::audit::ReadRecorder::start(db.clone()),
+            documents: limits::DocumentCache::default(),
             rate: TokenRate::new(&settings.limits),
             limits: settings.limits.clone(),
         });
@@ -282,11 +284,11 @@ async fn graphql(
         Ok(body) => body,
         Err(refusal) => return refuse(&refusal, &request_id),
     };
-    let batch: async_graphql::BatchRequest = match serde_json::from_slice(&body) {
+    let mut batch: async_graphql::BatchRequest = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
         Err(e) => return refuse(&Refusal::Malformed(e.to_string()), &request_id),
     };
-    if let Err(refusal) = limits::check_batch(&batch, &state.limits) {
+    if let Err(refusal) = limits::check_batch(&mut batch, &state.limits, &state.documents) {
         return refuse(&refusal, &request_id);
     }
     let role = principal.role;

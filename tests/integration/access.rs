@@ -567,7 +567,9 @@ async fn rewriting_the_whole_chain_after_an_anchor_is_detected() {
         })
         .collect();
     let txn = audit::begin_write(&app.db).await.unwrap();
-    audit::append_many(&txn, &forger, &events).await.unwrap();
+    audit::append_many(txn.txn(), &forger, &events)
+        .await
+        .unwrap();
     txn.commit().await.unwrap();
     assert!(
         matches!(

@@ -8,7 +8,6 @@ use connectors::{Connector, ConnectorError, Extract, Rejected};
 use entities::{bulk_extract, bulk_record};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    TransactionTrait,
 };
 
 use crate::error::{ApiError, ApiResult};
@@ -98,7 +97,8 @@ pub async fn sync_extract(
         Ok::<_, ConnectorError>(sent.is_ok())
     });
 
-    let txn = db.begin().await?;
+    let write = crate::db::begin_write(db).await?;
+    let txn = write.txn();
     let extract_id = uuid::Uuid::now_v7().to_string();
     let now = Utc::now();
     bulk_extract::ActiveModel {
@@ -111,7 +111,7 @@ pub async fn sync_extract(
         current: Set(false),
         loaded_at: Set(now),
     }
-    .insert(&txn)
+    .insert(txn)
     .await?;
     let mut row_count: u64 = 0;
     let mut rejected_rows: Vec<Rejected> = Vec::new();
@@ -136,7 +136,7 @@ pub async fn sync_extract(
                         })
                     })
                     .collect::<ApiResult<Vec<_>>>()?;
-                bulk_record::Entity::insert_many(models).exec(&txn).await?;
+                bulk_record::Entity::insert_many(models).exec(txn).await?;
             }
             Batch::Rejected(rejected) => rejected_rows = rejected,
         }
@@ -146,7 +146,7 @@ pub async fn sync_extract(
         .map_err(|e| ApiError::internal(e, "the extract parser stopped"))?;
     match parsed {
         Err(ConnectorError::ExtractRefused(reason)) => {
-            txn.rollback().await?;
+            write.rollback().await?;
             tracing::warn!(stream = %id, %reason, "extract refused; the previous one stays in use");
             return Ok(ExtractOutcome::Refused(reason));
         }
@@ -162,15 +162,15 @@ pub async fn sync_extract(
     bulk_record::Entity::delete_many()
         .filter(bulk_record::Column::Connector.eq(&id))
         .filter(bulk_record::Column::ExtractId.ne(&extract_id))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     bulk_extract::Entity::delete_many()
         .filter(bulk_extract::Column::Connector.eq(&id))
         .filter(bulk_extract::Column::Id.ne(&extract_id))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     let rejected = rejected_rows.len() as u64;
-    replace_rejected(&txn, &id, None, &rejected_rows, now).await?;
+    replace_rejected(txn, &id, None, &rejected_rows, now).await?;
     bulk_extract::ActiveModel {
         id: Set(extract_id),
         row_count: Set(i64::try_from(row_count).unwrap_or(i64::MAX)),
@@ -178,9 +178,9 @@ pub async fn sync_extract(
         current: Set(true),
         ..Default::default()
     }
-    .update(&txn)
+    .update(txn)
     .await?;
-    txn.commit().await?;
+    write.commit().await?;
     drop(file);
     tracing::info!(stream = %id, rows = row_count, rejected, "extract loaded");
     Ok(ExtractOutcome::Loaded {

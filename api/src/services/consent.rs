@@ -124,7 +124,8 @@ pub async fn grant(
     let streams_json = serde_json::to_string(&streams)
         .map_err(|e| ApiError::internal(e, "serialising consent streams"))?;
     crate::services::persons::get(db, &input.person_id).await?;
-    let txn = audit::begin_write(db).await?;
+    let write = audit::begin_write(db).await?;
+    let txn = write.txn();
     let id = uuid::Uuid::now_v7().to_string();
     let row = consent::ActiveModel {
         id: Set(id.clone()),
@@ -138,10 +139,10 @@ pub async fn grant(
         revoked_at: Set(None),
         revoked_by: Set(None),
     }
-    .insert(&txn)
+    .insert(txn)
     .await?;
     audit::append(
-        &txn,
+        txn,
         actor,
         NewEvent {
             action: "consent.granted",
@@ -150,15 +151,16 @@ pub async fn grant(
         },
     )
     .await?;
-    txn.commit().await?;
+    write.commit().await?;
     to_consent(row)
 }
 
 /// Revokes a permission; it stops applying on the next request.
 pub async fn revoke(db: &DatabaseConnection, actor: &Principal, id: &str) -> ApiResult<Consent> {
-    let txn = audit::begin_write(db).await?;
+    let write = audit::begin_write(db).await?;
+    let txn = write.txn();
     let row = consent::Entity::find_by_id(id.to_owned())
-        .one(&txn)
+        .one(txn)
         .await?
         .ok_or_else(|| ApiError::NotFound("no consent has this id".into()))?;
     can_decide(actor, &row.person_id)?;
@@ -169,9 +171,9 @@ pub async fn revoke(db: &DatabaseConnection, actor: &Principal, id: &str) -> Api
     let mut active: consent::ActiveModel = row.into();
     active.revoked_at = Set(Some(Utc::now()));
     active.revoked_by = Set(Some(actor.sub.clone()));
-    let row = active.update(&txn).await?;
+    let row = active.update(txn).await?;
     audit::append(
-        &txn,
+        txn,
         actor,
         NewEvent {
             action: "consent.revoked",
@@ -180,7 +182,7 @@ pub async fn revoke(db: &DatabaseConnection, actor: &Principal, id: &str) -> Api
         },
     )
     .await?;
-    txn.commit().await?;
+    write.commit().await?;
     to_consent(row)
 }
 

@@ -142,11 +142,12 @@ pub async fn register(
     input: NewPerson,
 ) -> ApiResult<PersonRecord> {
     let prepared = prepare(input)?;
-    let txn = audit::begin_write(db).await?;
-    let id = insert_prepared(&txn, actor, &prepared, Utc::now()).await?;
+    let write = audit::begin_write(db).await?;
+    let txn = write.txn();
+    let id = insert_prepared(txn, actor, &prepared, Utc::now()).await?;
     let schemes = prepared.schemes();
     audit::append(
-        &txn,
+        txn,
         actor,
         NewEvent {
             action: "person.registered",
@@ -155,8 +156,8 @@ pub async fn register(
         },
     )
     .await?;
-    let record = load(&txn, &id).await?;
-    txn.commit().await?;
+    let record = load(txn, &id).await?;
+    write.commit().await?;
     record.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("registered person vanished")))
 }
 
@@ -178,12 +179,13 @@ pub async fn register_many(
     }
     let mut ids = Vec::with_capacity(prepared.len());
     for (batch_no, batch) in prepared.chunks(REGISTER_BATCH).enumerate() {
-        let txn = audit::begin_write(db).await?;
+        let write = audit::begin_write(db).await?;
+        let txn = write.txn();
         let now = Utc::now();
         let mut batch_ids = Vec::with_capacity(batch.len());
         let mut schemes = Vec::with_capacity(batch.len());
         for (offset, person) in batch.iter().enumerate() {
-            let id = insert_prepared(&txn, actor, person, now)
+            let id = insert_prepared(txn, actor, person, now)
                 .await
                 .map_err(|e| at_position(batch_no * REGISTER_BATCH + offset, e))?;
             batch_ids.push(id);
@@ -198,8 +200,8 @@ pub async fn register_many(
                 detail: json!({ "identifierSchemes": schemes }),
             })
             .collect();
-        audit::append_many(&txn, actor, &events).await?;
-        txn.commit().await?;
+        audit::append_many(txn, actor, &events).await?;
+        write.commit().await?;
         ids.extend(batch_ids);
     }
     Ok(ids)
@@ -397,18 +399,19 @@ pub async fn link_identifier(
 ) -> ApiResult<PersonRecord> {
     let person_id = parse_person_id(person_id)?;
     let value = normalise(scheme, raw)?;
-    let txn = audit::begin_write(db).await?;
+    let write = audit::begin_write(db).await?;
+    let txn = write.txn();
     let Some(person_row) = person::Entity::find_by_id(person_id.clone())
-        .one(&txn)
+        .one(txn)
         .await?
     else {
         return Err(ApiError::NotFound(format!(
             "no person has the id '{person_id}'"
         )));
     };
-    if let Some(existing) = find_identifier(&txn, scheme, &value).await? {
+    if let Some(existing) = find_identifier(txn, scheme, &value).await? {
         if existing.person_id == person_id {
-            txn.rollback().await?;
+            write.rollback().await?;
             return get(db, &person_id).await;
         }
         return Err(conflict_linked(scheme));
@@ -417,7 +420,7 @@ pub async fn link_identifier(
         let held = person_identifier::Entity::find()
             .filter(person_identifier::Column::PersonId.eq(&person_id))
             .filter(person_identifier::Column::Scheme.eq(scheme.as_str()))
-            .one(&txn)
+            .one(txn)
             .await?;
         if held.is_some() {
             return Err(ApiError::Conflict(format!(
@@ -427,10 +430,10 @@ pub async fn link_identifier(
         }
     }
     let now = Utc::now();
-    insert_identifier(&txn, actor, &person_id, scheme, &value, now).await?;
-    bump_version(&txn, person_row, now).await?;
+    insert_identifier(txn, actor, &person_id, scheme, &value, now).await?;
+    bump_version(txn, person_row, now).await?;
     audit::append(
-        &txn,
+        txn,
         actor,
         NewEvent {
             action: "identifier.linked",
@@ -439,8 +442,8 @@ pub async fn link_identifier(
         },
     )
     .await?;
-    let record = load(&txn, &person_id).await?;
-    txn.commit().await?;
+    let record = load(txn, &person_id).await?;
+    write.commit().await?;
     record.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("linked person vanished")))
 }
 
@@ -454,26 +457,27 @@ pub async fn unlink_identifier(
 ) -> ApiResult<PersonRecord> {
     let person_id = parse_person_id(person_id)?;
     let value = normalise(scheme, raw)?;
-    let txn = audit::begin_write(db).await?;
+    let write = audit::begin_write(db).await?;
+    let txn = write.txn();
     let Some(person_row) = person::Entity::find_by_id(person_id.clone())
-        .one(&txn)
+        .one(txn)
         .await?
     else {
         return Err(ApiError::NotFound(format!(
             "no person has the id '{person_id}'"
         )));
     };
-    let existing = find_identifier(&txn, scheme, &value)
+    let existing = find_identifier(txn, scheme, &value)
         .await?
         .filter(|row| row.person_id == person_id)
         .ok_or_else(|| {
             ApiError::NotFound(format!("this person has no such {} linked", scheme.label()))
         })?;
-    existing.delete(&txn).await?;
+    existing.delete(txn).await?;
     let now = Utc::now();
-    bump_version(&txn, person_row, now).await?;
+    bump_version(txn, person_row, now).await?;
     audit::append(
-        &txn,
+        txn,
         actor,
         NewEvent {
             action: "identifier.unlinked",
@@ -482,8 +486,8 @@ pub async fn unlink_identifier(
         },
     )
     .await?;
-    let record = load(&txn, &person_id).await?;
-    txn.commit().await?;
+    let record = load(txn, &person_id).await?;
+    write.commit().await?;
     record.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("unlinked person vanished")))
 }
 

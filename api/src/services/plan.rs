@@ -278,15 +278,16 @@ pub async fn add(
     {
         return Err(bad("idempotencyKey must be 1 to 128 characters"));
     }
-    let txn = audit::begin_write(db).await?;
+    let write = audit::begin_write(db).await?;
+    let txn = write.txn();
     if let Some(key) = &idempotency_key
         && let Some(existing) = plan_item::Entity::find()
             .filter(plan_item::Column::PersonId.eq(person_id))
             .filter(plan_item::Column::IdempotencyKey.eq(key))
-            .one(&txn)
+            .one(txn)
             .await?
     {
-        txn.rollback().await?;
+        write.rollback().await?;
         let item = load_items(db, std::slice::from_ref(&existing.id))
             .await?
             .pop();
@@ -326,11 +327,11 @@ pub async fn add(
         created_at: Set(now),
         updated_at: Set(now),
     }
-    .insert(&txn)
+    .insert(txn)
     .await?;
-    insert_shares(&txn, &id, &shares).await?;
+    insert_shares(txn, &id, &shares).await?;
     audit::append(
-        &txn,
+        txn,
         actor,
         NewEvent {
             action: "plan_item.added",
@@ -339,7 +340,7 @@ pub async fn add(
         },
     )
     .await?;
-    txn.commit().await?;
+    write.commit().await?;
     load_items(db, &[id])
         .await?
         .pop()
@@ -370,8 +371,9 @@ pub async fn update(
     streams: &[String],
 ) -> ApiResult<Item> {
     let (frequency, cost, shares) = validate(&spec, streams)?;
-    let txn = audit::begin_write(db).await?;
-    let person_id = owner(&txn, item_id).await?;
+    let write = audit::begin_write(db).await?;
+    let txn = write.txn();
+    let person_id = owner(txn, item_id).await?;
     let updated = plan_item::Entity::update_many()
         .col_expr(
             plan_item::Column::Description,
@@ -392,18 +394,18 @@ pub async fn update(
         .col_expr(plan_item::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(plan_item::Column::Id.eq(item_id))
         .filter(plan_item::Column::Version.eq(expected_version))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     if updated.rows_affected == 0 {
         return Err(stale_version());
     }
     funding_share::Entity::delete_many()
         .filter(funding_share::Column::PlanItemId.eq(item_id))
-        .exec(&txn)
+        .exec(txn)
         .await?;
-    insert_shares(&txn, item_id, &shares).await?;
+    insert_shares(txn, item_id, &shares).await?;
     audit::append(
-        &txn,
+        txn,
         actor,
         NewEvent {
             action: "plan_item.updated",
@@ -412,7 +414,7 @@ pub async fn update(
         },
     )
     .await?;
-    txn.commit().await?;
+    write.commit().await?;
     load_items(db, &[item_id.to_owned()])
         .await?
         .pop()
@@ -432,22 +434,23 @@ pub async fn remove(
     item_id: &str,
     expected_version: i32,
 ) -> ApiResult<()> {
-    let txn = audit::begin_write(db).await?;
-    let person_id = owner(&txn, item_id).await?;
+    let write = audit::begin_write(db).await?;
+    let txn = write.txn();
+    let person_id = owner(txn, item_id).await?;
     let deleted = plan_item::Entity::delete_many()
         .filter(plan_item::Column::Id.eq(item_id))
         .filter(plan_item::Column::Version.eq(expected_version))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     if deleted.rows_affected == 0 {
         return Err(stale_version());
     }
     funding_share::Entity::delete_many()
         .filter(funding_share::Column::PlanItemId.eq(item_id))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     audit::append(
-        &txn,
+        txn,
         actor,
         NewEvent {
             action: "plan_item.removed",
@@ -456,7 +459,7 @@ pub async fn remove(
         },
     )
     .await?;
-    txn.commit().await?;
+    write.commit().await?;
     Ok(())
 }
 

@@ -9,7 +9,6 @@ use entities::{bulk_extract, bulk_record, rejected_record, upstream_snapshot};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 
@@ -53,78 +52,102 @@ pub async fn store_snapshot(
     connector: &str,
     records: &PersonRecords,
 ) -> ApiResult<(SourceMeta, Stored)> {
-    let json = records_json(records)?;
-    let hash = content_hash(&json);
+    let mut stored = store_snapshots(db, &[(connector.to_owned(), records.clone())]).await?;
+    stored
+        .pop()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a stored snapshot went missing")))
+}
+
+/// Stores many good fetches in one transaction (a sync stores its people in batches): each
+/// replaces its subject's snapshot unless the stored one is newer by the partner's version.
+/// The stored version is read inside the transaction, so a lagging answer can never overwrite
+/// a newer snapshot written in between.
+pub async fn store_snapshots(
+    db: &DatabaseConnection,
+    fetched: &[(String, PersonRecords)],
+) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+    let mut prepared = Vec::with_capacity(fetched.len());
+    for (connector, records) in fetched {
+        let json = records_json(records)?;
+        let hash = content_hash(&json);
+        prepared.push((connector, records, json, hash));
+    }
     let now = Utc::now();
-    let previous = upstream_snapshot::Entity::find()
-        .filter(upstream_snapshot::Column::Connector.eq(connector))
-        .filter(upstream_snapshot::Column::SubjectKey.eq(&records.subject_key))
-        .one(db)
+    let write = crate::db::begin_write(db).await?;
+    let txn = write.txn();
+    let mut out = Vec::with_capacity(prepared.len());
+    for (connector, records, json, hash) in prepared {
+        let previous = upstream_snapshot::Entity::find()
+            .filter(upstream_snapshot::Column::Connector.eq(connector.as_str()))
+            .filter(upstream_snapshot::Column::SubjectKey.eq(&records.subject_key))
+            .one(txn)
+            .await?;
+        if let Some(p) = &previous
+            && is_older(records.version.as_deref(), p.version.as_deref())
+        {
+            // A lagging answer never replaces a newer snapshot.
+            tracing::info!(stream = %connector, "an answer older than the stored snapshot was kept out");
+            out.push((
+                SourceMeta {
+                    connector: connector.clone(),
+                    version: p.version.clone(),
+                    fetched_at: p.fetched_at,
+                    content_hash: p.content_hash.clone(),
+                },
+                Stored::Unchanged,
+            ));
+            continue;
+        }
+        let stored = match &previous {
+            Some(p) if p.content_hash == hash => Stored::Unchanged,
+            _ => Stored::Changed,
+        };
+        upstream_snapshot::Entity::insert(upstream_snapshot::ActiveModel {
+            id: Set(uuid::Uuid::now_v7().to_string()),
+            connector: Set(connector.clone()),
+            subject_key: Set(records.subject_key.clone()),
+            version: Set(records.version.clone()),
+            content_hash: Set(hash.clone()),
+            records: Set(json),
+            fetched_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                upstream_snapshot::Column::Connector,
+                upstream_snapshot::Column::SubjectKey,
+            ])
+            .update_columns([
+                upstream_snapshot::Column::Version,
+                upstream_snapshot::Column::ContentHash,
+                upstream_snapshot::Column::Records,
+                upstream_snapshot::Column::FetchedAt,
+            ])
+            .to_owned(),
+        )
+        .exec(txn)
         .await?;
-    if let Some(p) = &previous
-        && is_older(records.version.as_deref(), p.version.as_deref())
-    {
-        // A lagging answer never replaces a newer snapshot.
-        tracing::info!(stream = %connector, "an answer older than the stored snapshot was kept out");
-        return Ok((
+        if stored == Stored::Changed {
+            replace_rejected(
+                txn,
+                connector,
+                Some(&records.subject_key),
+                &records.rejected,
+                now,
+            )
+            .await?;
+        }
+        out.push((
             SourceMeta {
-                connector: connector.to_owned(),
-                version: p.version.clone(),
-                fetched_at: p.fetched_at,
-                content_hash: p.content_hash.clone(),
+                connector: connector.clone(),
+                version: records.version.clone(),
+                fetched_at: now,
+                content_hash: hash,
             },
-            Stored::Unchanged,
+            stored,
         ));
     }
-    let stored = match &previous {
-        Some(p) if p.content_hash == hash => Stored::Unchanged,
-        _ => Stored::Changed,
-    };
-    let txn = db.begin().await?;
-    upstream_snapshot::Entity::insert(upstream_snapshot::ActiveModel {
-        id: Set(uuid::Uuid::now_v7().to_string()),
-        connector: Set(connector.to_owned()),
-        subject_key: Set(records.subject_key.clone()),
-        version: Set(records.version.clone()),
-        content_hash: Set(hash.clone()),
-        records: Set(json),
-        fetched_at: Set(now),
-    })
-    .on_conflict(
-        OnConflict::columns([
-            upstream_snapshot::Column::Connector,
-            upstream_snapshot::Column::SubjectKey,
-        ])
-        .update_columns([
-            upstream_snapshot::Column::Version,
-            upstream_snapshot::Column::ContentHash,
-            upstream_snapshot::Column::Records,
-            upstream_snapshot::Column::FetchedAt,
-        ])
-        .to_owned(),
-    )
-    .exec(&txn)
-    .await?;
-    if stored == Stored::Changed {
-        replace_rejected(
-            &txn,
-            connector,
-            Some(&records.subject_key),
-            &records.rejected,
-            now,
-        )
-        .await?;
-    }
-    txn.commit().await?;
-    Ok((
-        SourceMeta {
-            connector: connector.to_owned(),
-            version: records.version.clone(),
-            fetched_at: now,
-            content_hash: hash,
-        },
-        stored,
-    ))
+    write.commit().await?;
+    Ok(out)
 }
 
 /// Replaces the rejected records kept for one subject (or, with `None`, for a whole bulk

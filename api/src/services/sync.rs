@@ -4,14 +4,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use connectors::{Registry, Shape};
+use connectors::{PersonRecords, Registry, Shape};
 use futures::StreamExt;
 use sea_orm::DatabaseConnection;
 
 use crate::error::ApiResult;
 use crate::services::bulk::{ExtractOutcome, sync_extract};
 use crate::services::persons;
-use crate::services::sources::{Stored, store_snapshot};
+use crate::services::sources::{Stored, store_snapshots};
+
+/// Snapshots stored per transaction during a sync.
+const STORE_BATCH: usize = 256;
 
 /// What a sync did.
 #[derive(Debug, Default)]
@@ -59,14 +62,17 @@ pub async fn run(
 
     let people = persons::all_identifiers(db).await?;
     let total = people.len() as u64;
-    let fetched = AtomicU64::new(0);
-    let unchanged = AtomicU64::new(0);
-    let rejected = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
     let done = AtomicU64::new(0);
-    let jobs = people.iter().map(|identifiers| {
-        let (fetched, unchanged, rejected, failed, done) =
-            (&fetched, &unchanged, &rejected, &failed, &done);
+    // Fetches run `concurrency` people at a time; what they bring is stored by one writer in
+    // batches of up to STORE_BATCH snapshots a transaction, while the next fetches go on.
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<(String, PersonRecords)>(4 * STORE_BATCH);
+    let (failed_ref, done_ref) = (&failed, &done);
+    // The jobs own the sender: once every job has run and the jobs are dropped, the writer
+    // sees the channel close and finishes.
+    let jobs = people.iter().map(move |identifiers| {
+        let (failed, done, sender) = (failed_ref, done_ref, sender.clone());
         async move {
             let per_person = registry
                 .all()
@@ -74,44 +80,63 @@ pub async fn run(
                 .filter_map(|c| c.subject(identifiers).map(|s| (c, s)))
                 .map(|(connector, subject)| async move {
                     match connector.fetch(&subject).await {
-                        Ok(records) => {
-                            let id = connector.settings().id.0.clone();
-                            match store_snapshot(db, &id, &records).await {
-                                Ok((_, Stored::Changed)) => {
-                                    fetched.fetch_add(1, Ordering::Relaxed);
-                                    rejected.fetch_add(
-                                        records.rejected.len() as u64,
-                                        Ordering::Relaxed,
-                                    );
-                                }
-                                Ok((_, Stored::Unchanged)) => {
-                                    unchanged.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "storing a snapshot failed");
-                                    failed.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        }
+                        Ok(records) => Some((connector.settings().id.0.clone(), records)),
                         Err(e) => {
                             tracing::debug!(error = %e, "fetch failed during sync");
                             failed.fetch_add(1, Ordering::Relaxed);
+                            None
                         }
                     }
                 });
-            futures::future::join_all(per_person).await;
+            for fetched in futures::future::join_all(per_person)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                if sender.send(fetched).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             let now = done.fetch_add(1, Ordering::Relaxed) + 1;
             progress.tick(now, total);
         }
     });
-    futures::stream::iter(jobs)
-        .buffer_unordered(concurrency.max(1))
-        .collect::<Vec<()>>()
-        .await;
+    let fetching = async {
+        futures::stream::iter(jobs)
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<()>>()
+            .await;
+    };
+    let storing = async {
+        let mut batch = Vec::with_capacity(STORE_BATCH);
+        let (mut fetched, mut unchanged, mut rejected, mut lost) = (0u64, 0u64, 0u64, 0u64);
+        while receiver.recv_many(&mut batch, STORE_BATCH).await > 0 {
+            match store_snapshots(db, &batch).await {
+                Ok(outcomes) => {
+                    for ((_, records), (_, stored)) in batch.iter().zip(outcomes) {
+                        match stored {
+                            Stored::Changed => {
+                                fetched += 1;
+                                rejected += records.rejected.len() as u64;
+                            }
+                            Stored::Unchanged => unchanged += 1,
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, snapshots = batch.len(), "storing a batch of snapshots failed");
+                    lost += batch.len() as u64;
+                }
+            }
+            batch.clear();
+        }
+        (fetched, unchanged, rejected, lost)
+    };
+    let ((), (fetched, unchanged, rejected, lost)) = tokio::join!(fetching, storing);
     report.people = total;
-    report.fetched = fetched.into_inner();
-    report.unchanged = unchanged.into_inner();
-    report.rejected = rejected.into_inner();
-    report.failed = failed.into_inner();
+    report.fetched = fetched;
+    report.unchanged = unchanged;
+    report.rejected = rejected;
+    report.failed = failed.into_inner() + lost;
     Ok(report)
 }
