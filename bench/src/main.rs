@@ -57,6 +57,9 @@ struct Args {
     /// Record a perf profile of the hub during each snapshot-served run (needs perf).
     #[arg(long)]
     profile: bool,
+    /// Override the number of people in the world.
+    #[arg(long)]
+    people: Option<usize>,
     /// Where criterion wrote its estimates.
     #[arg(long, default_value = "target/criterion")]
     criterion: PathBuf,
@@ -80,7 +83,7 @@ impl Plan {
         Self {
             people: 100_000,
             ilf_rows: [25_000, 100_000],
-            run: Duration::from_secs(15),
+            run: Duration::from_secs(10),
             warmup: Duration::from_secs(3),
         }
     }
@@ -118,11 +121,14 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let plan = if args.quick {
+    let mut plan = if args.quick {
         Plan::quick()
     } else {
         Plan::full()
     };
+    if let Some(people) = args.people {
+        plan.people = people;
+    }
     let mut report = Report::new(if args.quick { "quick" } else { "full" });
     anyhow::ensure!(
         args.hub.exists(),

@@ -490,6 +490,29 @@ async fn bulk_registration_goes_in_batches_and_refuses_a_batch_whole(backend: Ba
         ChainStatus::Holds { events, .. } => assert_eq!(events, (REGISTER_BATCH + 20) as i64),
         broken => panic!("the chain is broken: {broken:?}"),
     }
+    // A sync walks the registry a page at a time: everyone once, in order, nobody twice.
+    let mut seen = std::collections::HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = persons::identifiers_page(&app.db, after.as_deref(), 100)
+            .await
+            .unwrap();
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (id, identifiers) in page {
+            assert_eq!(
+                identifiers.len(),
+                2,
+                "each person's two identifiers come along"
+            );
+            assert!(seen.insert(id), "a person came twice");
+        }
+    }
+    assert_eq!(seen.len(), REGISTER_BATCH + 20);
+    assert_eq!(
+        persons::count(&app.db).await.unwrap(),
+        (REGISTER_BATCH + 20) as u64
+    );
     // A new person followed by one whose NHS number is taken: the batch is refused whole,
     // naming the position, and neither is written.
     let fresh = sandboxes::world::World::generate(8, 1);

@@ -182,14 +182,57 @@ pub async fn register_many(
         let write = audit::begin_write(db).await?;
         let txn = write.txn();
         let now = Utc::now();
-        let mut batch_ids = Vec::with_capacity(batch.len());
-        let mut schemes = Vec::with_capacity(batch.len());
-        for (offset, person) in batch.iter().enumerate() {
-            let id = insert_prepared(txn, actor, person, now)
+        let first = batch_no * REGISTER_BATCH;
+        check_batch_identifiers(txn, batch)
+            .await
+            .map_err(|(offset, e)| at_position(first + offset, e))?;
+        let batch_ids: Vec<String> = batch
+            .iter()
+            .map(|_| uuid::Uuid::now_v7().to_string())
+            .collect();
+        let schemes: Vec<Vec<&'static str>> = batch.iter().map(Prepared::schemes).collect();
+        person::Entity::insert_many(batch.iter().zip(&batch_ids).map(|(p, id)| {
+            person::ActiveModel {
+                id: Set(id.clone()),
+                given_name: Set(p.given_name.clone()),
+                family_name: Set(p.family_name.clone()),
+                date_of_birth: Set(p.date_of_birth),
+                version: Set(1),
+                created_by: Set(actor.sub.clone()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+        }))
+        .exec(txn)
+        .await?;
+        let links: Vec<person_identifier::ActiveModel> = batch
+            .iter()
+            .zip(&batch_ids)
+            .flat_map(|(p, id)| {
+                p.identifiers
+                    .iter()
+                    .map(move |(scheme, value)| person_identifier::ActiveModel {
+                        id: Set(uuid::Uuid::now_v7().to_string()),
+                        person_id: Set(id.clone()),
+                        scheme: Set(scheme.as_str().to_owned()),
+                        value: Set(value.clone()),
+                        linked_by: Set(actor.sub.clone()),
+                        linked_at: Set(now),
+                    })
+            })
+            .collect();
+        for chunk in links.chunks(1000) {
+            person_identifier::Entity::insert_many(chunk.to_vec())
+                .exec(txn)
                 .await
-                .map_err(|e| at_position(batch_no * REGISTER_BATCH + offset, e))?;
-            batch_ids.push(id);
-            schemes.push(person.schemes());
+                .map_err(|e| match e.sql_err() {
+                    // Checked above; only a registration racing this one gets here.
+                    Some(SqlErr::UniqueConstraintViolation(_)) => ApiError::Conflict(
+                        "an identifier in this batch was linked to another person meanwhile; try again"
+                            .into(),
+                    ),
+                    _ => e.into(),
+                })?;
         }
         let events: Vec<NewEvent<'_>> = batch_ids
             .iter()
@@ -205,6 +248,49 @@ pub async fn register_many(
         ids.extend(batch_ids);
     }
     Ok(ids)
+}
+
+/// Refuses a batch in which an identifier is given twice, or is already linked to someone:
+/// the error comes with the offset of the first person in the batch concerned. One query per
+/// scheme, whatever the batch size.
+async fn check_batch_identifiers(
+    txn: &sea_orm::DatabaseTransaction,
+    batch: &[Prepared],
+) -> Result<(), (usize, ApiError)> {
+    let mut seen: HashMap<(IdentifierScheme, &str), usize> = HashMap::new();
+    for (offset, person) in batch.iter().enumerate() {
+        for (scheme, value) in &person.identifiers {
+            if seen.insert((*scheme, value.as_str()), offset).is_some() {
+                return Err((offset, conflict_linked(*scheme)));
+            }
+        }
+    }
+    let mut schemes: Vec<IdentifierScheme> = seen.keys().map(|(s, _)| *s).collect();
+    schemes.sort_by_key(|s| s.as_str());
+    schemes.dedup();
+    for scheme in schemes {
+        let values: Vec<&str> = seen
+            .keys()
+            .filter(|(s, _)| *s == scheme)
+            .map(|(_, v)| *v)
+            .collect();
+        for chunk in values.chunks(1000) {
+            let taken = person_identifier::Entity::find()
+                .filter(person_identifier::Column::Scheme.eq(scheme.as_str()))
+                .filter(person_identifier::Column::Value.is_in(chunk.iter().copied()))
+                .all(txn)
+                .await
+                .map_err(|e| (0, e.into()))?;
+            if let Some(offset) = taken
+                .iter()
+                .filter_map(|row| seen.get(&(scheme, row.value.as_str())))
+                .min()
+            {
+                return Err((*offset, conflict_linked(scheme)));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn at_position(index: usize, error: ApiError) -> ApiError {
@@ -547,25 +633,45 @@ pub async fn list(
     Ok(PeoplePage { people, has_next })
 }
 
-/// Every registered person's identifiers, for a sync.
-pub async fn all_identifiers(
+/// How many people are registered.
+pub async fn count(db: &impl ConnectionTrait) -> ApiResult<u64> {
+    use sea_orm::PaginatorTrait;
+    Ok(person::Entity::find().count(db).await?)
+}
+
+/// A page of registered people with their identifiers, in id order after `after`: a sync walks
+/// the registry a page at a time, so its memory does not grow with the number of people.
+pub async fn identifiers_page(
     db: &impl ConnectionTrait,
-) -> ApiResult<Vec<Vec<(IdentifierScheme, String)>>> {
+    after: Option<&str>,
+    limit: u64,
+) -> ApiResult<Vec<(String, Vec<(IdentifierScheme, String)>)>> {
+    let mut query = person::Entity::find()
+        .select_only()
+        .column(person::Column::Id)
+        .order_by_asc(person::Column::Id)
+        .limit(limit);
+    if let Some(after) = after {
+        query = query.filter(person::Column::Id.gt(after));
+    }
+    let ids: Vec<String> = query.into_tuple().all(db).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut by_person: std::collections::BTreeMap<String, Vec<(IdentifierScheme, String)>> =
-        person::Entity::find()
-            .all(db)
-            .await?
-            .into_iter()
-            .map(|p| (p.id, Vec::new()))
-            .collect();
-    for row in person_identifier::Entity::find().all(db).await? {
+        ids.iter().map(|id| (id.clone(), Vec::new())).collect();
+    for row in person_identifier::Entity::find()
+        .filter(person_identifier::Column::PersonId.is_in(ids))
+        .all(db)
+        .await?
+    {
         let id = row.person_id.clone();
         let identifier = to_identifier(row)?;
         if let Some(list) = by_person.get_mut(&id) {
             list.push((identifier.scheme, identifier.value));
         }
     }
-    Ok(by_person.into_values().collect())
+    Ok(by_person.into_iter().collect())
 }
 
 impl PersonRecord {

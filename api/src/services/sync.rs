@@ -16,6 +16,9 @@ use crate::services::sources::{Stored, store_snapshots};
 /// Snapshots stored per transaction during a sync.
 const STORE_BATCH: usize = 256;
 
+/// People read from the registry at a time.
+const PAGE: u64 = 1000;
+
 /// What a sync did.
 #[derive(Debug, Default)]
 pub struct SyncReport {
@@ -60,20 +63,46 @@ pub async fn run(
             .push((connector.settings().id.0.clone(), outcome));
     }
 
-    let people = persons::all_identifiers(db).await?;
-    let total = people.len() as u64;
+    let total = persons::count(db).await?;
     let failed = AtomicU64::new(0);
     let done = AtomicU64::new(0);
+    let page_error: std::sync::Mutex<Option<crate::error::ApiError>> = Default::default();
     // Fetches run `concurrency` people at a time; what they bring is stored by one writer in
     // batches of up to STORE_BATCH snapshots a transaction, while the next fetches go on.
     let (sender, mut receiver) =
         tokio::sync::mpsc::channel::<(String, PersonRecords)>(4 * STORE_BATCH);
-    let (failed_ref, done_ref) = (&failed, &done);
+    // People are read from the registry a page at a time, as the fetches need them.
+    let people = futures::stream::unfold(Some(None::<String>), move |cursor| async move {
+        let after = cursor?;
+        match persons::identifiers_page(db, after.as_deref(), PAGE).await {
+            Ok(page) if page.is_empty() => None,
+            Ok(page) => {
+                let next = page.last().map(|(id, _)| id.clone());
+                Some((Ok(page), Some(next)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+    .flat_map(|page| match page {
+        Ok(page) => futures::stream::iter(page.into_iter().map(Ok)).left_stream(),
+        Err(e) => futures::stream::once(std::future::ready(Err(e))).right_stream(),
+    });
+    let (failed_ref, done_ref, page_error_ref) = (&failed, &done, &page_error);
     // The jobs own the sender: once every job has run and the jobs are dropped, the writer
     // sees the channel close and finishes.
-    let jobs = people.iter().map(move |identifiers| {
+    let jobs = people.map(move |person| {
         let (failed, done, sender) = (failed_ref, done_ref, sender.clone());
         async move {
+            let identifiers = match person {
+                Ok((_, identifiers)) => identifiers,
+                Err(e) => {
+                    *page_error_ref
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    return;
+                }
+            };
+            let identifiers = &identifiers;
             let per_person = registry
                 .all()
                 .filter(|c| c.shape() == Shape::Live)
@@ -102,8 +131,7 @@ pub async fn run(
         }
     });
     let fetching = async {
-        futures::stream::iter(jobs)
-            .buffer_unordered(concurrency.max(1))
+        jobs.buffer_unordered(concurrency.max(1))
             .collect::<Vec<()>>()
             .await;
     };
@@ -133,6 +161,12 @@ pub async fn run(
         (fetched, unchanged, rejected, lost)
     };
     let ((), (fetched, unchanged, rejected, lost)) = tokio::join!(fetching, storing);
+    if let Some(e) = page_error
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        return Err(e);
+    }
     report.people = total;
     report.fetched = fetched;
     report.unchanged = unchanged;
