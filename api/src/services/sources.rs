@@ -3,6 +3,8 @@
 //! never the whole view. A person's connectors are asked concurrently, so a view waits for the
 //! slowest partner, bounded by its timeout, never for the sum of them.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use connectors::{Connector, IdentifierScheme, PersonRecords, Registry, Rejected, Shape, Subject};
 use entities::{bulk_extract, bulk_record, rejected_record, upstream_snapshot};
@@ -75,13 +77,26 @@ pub async fn store_snapshots(
     let now = Utc::now();
     let write = crate::db::begin_write(db).await?;
     let txn = write.txn();
+    // The stored versions and hashes of the whole batch, in one query (inside the
+    // transaction, so nothing can slip in between the check and the write).
+    let mut connectors: Vec<&str> = prepared.iter().map(|p| p.0.as_str()).collect();
+    connectors.sort_unstable();
+    connectors.dedup();
+    let subjects: Vec<&str> = prepared.iter().map(|p| p.1.subject_key.as_str()).collect();
+    let mut stored_now: HashMap<(String, String), upstream_snapshot::Model> = HashMap::new();
+    for chunk in subjects.chunks(500) {
+        for row in upstream_snapshot::Entity::find()
+            .filter(upstream_snapshot::Column::Connector.is_in(connectors.iter().copied()))
+            .filter(upstream_snapshot::Column::SubjectKey.is_in(chunk.iter().copied()))
+            .all(txn)
+            .await?
+        {
+            stored_now.insert((row.connector.clone(), row.subject_key.clone()), row);
+        }
+    }
     let mut out = Vec::with_capacity(prepared.len());
     for (connector, records, json, hash) in prepared {
-        let previous = upstream_snapshot::Entity::find()
-            .filter(upstream_snapshot::Column::Connector.eq(connector.as_str()))
-            .filter(upstream_snapshot::Column::SubjectKey.eq(&records.subject_key))
-            .one(txn)
-            .await?;
+        let previous = stored_now.remove(&(connector.clone(), records.subject_key.clone()));
         if let Some(p) = &previous
             && is_older(records.version.as_deref(), p.version.as_deref())
         {
@@ -126,7 +141,9 @@ pub async fn store_snapshots(
         )
         .exec(txn)
         .await?;
-        if stored == Stored::Changed {
+        // Rejected records are kept per stored snapshot: with no snapshot before, there are
+        // none to replace, only the new ones to add.
+        if stored == Stored::Changed && (previous.is_some() || !records.rejected.is_empty()) {
             replace_rejected(
                 txn,
                 connector,
