@@ -27,6 +27,9 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(15))
                 .foreign_keys(true)
+                // 8 MiB of page cache per connection (SQLite's default is 2 MiB): an extract's
+                // index pages stay cached while 100,000 rows go in.
+                .pragma("cache_size", "-8192")
         });
     Database::connect(options)
         .await

@@ -57,6 +57,9 @@ struct Args {
     /// Record a perf profile of the hub during each snapshot-served run (needs perf).
     #[arg(long)]
     profile: bool,
+    /// Override the larger ILF extract size (the smaller is a quarter of it).
+    #[arg(long)]
+    ilf_rows: Option<usize>,
     /// Override the number of people in the world.
     #[arg(long)]
     people: Option<usize>,
@@ -128,6 +131,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some(people) = args.people {
         plan.people = people;
+    }
+    if let Some(rows) = args.ilf_rows {
+        plan.ilf_rows = [rows / 4, rows];
     }
     let mut report = Report::new(if args.quick { "quick" } else { "full" });
     anyhow::ensure!(

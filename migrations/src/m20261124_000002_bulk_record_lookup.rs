@@ -1,6 +1,8 @@
 //! An index for the read the combined view makes on every query with a bulk stream: a
 //! person's rows in the current extract, by extract id and subject key. Without it that read
-//! scans every loaded row (found by the benchmark: the whole ILF extract per query).
+//! scans every loaded row (found by the benchmark: the whole ILF extract per query). The old
+//! index by connector and subject key served no read, and slowed every extract load, so it
+//! goes; replacing an extract now deletes the old one's rows by extract id.
 
 use sea_orm_migration::prelude::*;
 
@@ -10,6 +12,14 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("ix_bulk_records_subject")
+                    .table(BulkRecords::Table)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .create_index(
                 Index::create()
@@ -30,6 +40,16 @@ impl MigrationTrait for Migration {
                     .table(BulkRecords::Table)
                     .to_owned(),
             )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_bulk_records_subject")
+                    .table(BulkRecords::Table)
+                    .col(BulkRecords::Connector)
+                    .col(BulkRecords::SubjectKey)
+                    .to_owned(),
+            )
             .await
     }
 }
@@ -37,6 +57,7 @@ impl MigrationTrait for Migration {
 #[derive(DeriveIden)]
 enum BulkRecords {
     Table,
+    Connector,
     ExtractId,
     SubjectKey,
 }

@@ -159,11 +159,20 @@ pub async fn sync_extract(
         Ok(true) => {}
     }
     // Swap: the old extract goes (its records with it), the new one becomes current.
-    bulk_record::Entity::delete_many()
-        .filter(bulk_record::Column::Connector.eq(&id))
-        .filter(bulk_record::Column::ExtractId.ne(&extract_id))
-        .exec(txn)
-        .await?;
+    let old_extracts: Vec<String> = bulk_extract::Entity::find()
+        .filter(bulk_extract::Column::Connector.eq(&id))
+        .filter(bulk_extract::Column::Id.ne(&extract_id))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    if !old_extracts.is_empty() {
+        bulk_record::Entity::delete_many()
+            .filter(bulk_record::Column::ExtractId.is_in(old_extracts))
+            .exec(txn)
+            .await?;
+    }
     bulk_extract::Entity::delete_many()
         .filter(bulk_extract::Column::Connector.eq(&id))
         .filter(bulk_extract::Column::Id.ne(&extract_id))
