@@ -30,7 +30,11 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
                 // 8 MiB of page cache per connection (SQLite's default is 2 MiB): an extract's
                 // index pages stay cached while 100,000 rows go in.
                 .pragma("cache_size", "-8192")
-        });
+        })
+        // Plan each statement with its values. A generic plan cached while a table was small
+        // (a fresh database during its first sync) stays a sequential scan as the table grows:
+        // the benchmark saw a sync slow to a crawl at 100,000 people.
+        .map_sqlx_postgres_opts(|opts| opts.options([("plan_cache_mode", "force_custom_plan")]));
     Database::connect(options)
         .await
         .context("failed to connect to the database named by database.url")
