@@ -11,21 +11,15 @@ use serde_json::Value;
 
 use crate::procstat::Sampler;
 
-/// One load run's shape.
+/// What a load run is aimed at.
 #[derive(Clone, Debug)]
-pub struct LoadSpec {
+pub struct Target {
     /// The GraphQL endpoint.
     pub url: String,
     /// Headers, as `Name: value`.
     pub headers: Vec<String>,
     /// A file of request bodies, one per line; each request takes one at random.
     pub bodies: PathBuf,
-    /// Connections held open.
-    pub connections: usize,
-    /// Queries a second for an open-loop run; `None` for closed loop.
-    pub rate: Option<u32>,
-    /// How long.
-    pub duration: Duration,
 }
 
 /// What a load run measured.
@@ -49,24 +43,30 @@ pub struct LoadResult {
     pub wall_secs: f64,
 }
 
-/// Runs `oha` once.
-pub async fn run(oha: &Path, spec: &LoadSpec) -> anyhow::Result<LoadResult> {
+/// Runs `oha` once: `connections` held open, closed loop, or open loop at `rate` a second.
+pub async fn run(
+    oha: &Path,
+    target: &Target,
+    connections: usize,
+    rate: Option<u32>,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
     let mut cmd = tokio::process::Command::new(oha);
     cmd.arg("--no-tui")
         .args(["--output-format", "json"])
-        .args(["-z", &format!("{}ms", spec.duration.as_millis())])
-        .args(["-c", &spec.connections.to_string()])
+        .args(["-z", &format!("{}ms", duration.as_millis())])
+        .args(["-c", &connections.to_string()])
         .args(["-m", "POST", "-T", "application/json"])
         .arg("-Z")
-        .arg(&spec.bodies)
+        .arg(&target.bodies)
         .arg("--wait-ongoing-requests-after-deadline");
-    for h in &spec.headers {
+    for h in &target.headers {
         cmd.args(["-H", h]);
     }
-    if let Some(rate) = spec.rate {
+    if let Some(rate) = rate {
         cmd.args(["-q", &rate.to_string(), "--latency-correction"]);
     }
-    cmd.arg(&spec.url)
+    cmd.arg(&target.url)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);

@@ -15,7 +15,7 @@ use sandboxes::world::World;
 use serde_json::json;
 
 use crate::hub::{self, Hub, HubConfig};
-use crate::load::{self, LoadResult, LoadSpec};
+use crate::load::{self, LoadResult, Target};
 use crate::procstat::{self, Sampler};
 use crate::report::{Goal, Report};
 use crate::served::{self, Summary};
@@ -91,54 +91,33 @@ pub async fn side_by_side(
     let headers = served::auditor_headers(secret)?;
 
     // Tributary, as deployed (snapshots kept for a day) and with nothing cached.
-    let mut config = HubConfig {
-        database_url: tributary.database_url.clone(),
-        partners: sandboxes.all().map(|s| s.url()),
-        cache_ttl_secs: 24 * 3600,
-        port: hub::free_port()?,
+    let mut sides = Vec::with_capacity(2);
+    for (name, cache_ttl_secs) in [("peer-hub", 24 * 3600), ("peer-hub-live", 0)] {
+        let config = HubConfig {
+            database_url: tributary.database_url.clone(),
+            partners: sandboxes.all().map(|s| s.url()),
+            cache_ttl_secs,
+            port: hub::free_port()?,
+        };
+        let file = hub::write_file(dir, &format!("{name}.toml"), &config.toml())?;
+        let log = dir.join(format!("{name}.log"));
+        let started = Hub::start(&args.hub, &file, secret, config.port, &log).await?;
+        let side = measure(
+            args,
+            plan,
+            &started.url,
+            &headers,
+            &hub_body_file,
+            started.pid,
+            &started.sampler,
+        )
+        .await?;
+        started.stop().await?;
+        sides.push(side);
+    }
+    let (Some(live), Some(snap)) = (sides.pop(), sides.pop()) else {
+        anyhow::bail!("a Tributary side of the peer run is missing");
     };
-    let file = hub::write_file(dir, "peer-hub.toml", &config.toml())?;
-    let started = Hub::start(
-        &args.hub,
-        &file,
-        secret,
-        config.port,
-        &dir.join("peer-hub.log"),
-    )
-    .await?;
-    let snap = measure(
-        args,
-        plan,
-        &started.url,
-        &headers,
-        &hub_body_file,
-        started.pid,
-        &started.sampler,
-    )
-    .await?;
-    started.stop().await?;
-    config.cache_ttl_secs = 0;
-    config.port = hub::free_port()?;
-    let file = hub::write_file(dir, "peer-hub-live.toml", &config.toml())?;
-    let started = Hub::start(
-        &args.hub,
-        &file,
-        secret,
-        config.port,
-        &dir.join("peer-hub-live.log"),
-    )
-    .await?;
-    let live = measure(
-        args,
-        plan,
-        &started.url,
-        &headers,
-        &hub_body_file,
-        started.pid,
-        &started.sampler,
-    )
-    .await?;
-    started.stop().await?;
 
     // The peer.
     let port = hub::free_port()?;
@@ -270,18 +249,15 @@ async fn measure(
     pid: u32,
     sampler: &Sampler,
 ) -> anyhow::Result<Side> {
-    let spec = |duration| LoadSpec {
+    let target = Target {
         url: url.to_owned(),
         headers: headers.to_vec(),
         bodies: bodies.to_owned(),
-        connections: CONNECTIONS,
-        rate: None,
-        duration,
     };
-    load::run(&args.oha, &spec(plan.warmup)).await?;
+    load::run(&args.oha, &target, CONNECTIONS, None, plan.warmup).await?;
     sampler.reset_peak(pid);
     let before = procstat::read(pid).unwrap_or_default();
-    let result = load::run(&args.oha, &spec(plan.run)).await?;
+    let result = load::run(&args.oha, &target, CONNECTIONS, None, plan.run).await?;
     let after = procstat::read(pid).unwrap_or_default();
     Ok(Side {
         cpu_per_query_us: (after.cpu_secs - before.cpu_secs) / result.ok.max(1) as f64 * 1e6,

@@ -16,7 +16,7 @@ use tributary::auth::{Role, TokenIssuer};
 use tributary::config::{AuthSettings, DatabaseSettings};
 
 use crate::hub::{self, Hub, HubConfig};
-use crate::load::{self, LoadSpec};
+use crate::load::{self, Target};
 use crate::procstat;
 use crate::report::{Goal, Report};
 use crate::{Args, Plan};
@@ -293,15 +293,12 @@ pub async fn backend_suite(
     )
     .await?;
     check_answers(&hub.url, &headers, &ids).await?;
-    let spec = |connections: usize, rate: Option<u32>, duration: Duration| LoadSpec {
+    let target = Target {
         url: hub.url.clone(),
         headers: headers.clone(),
         bodies: bodies.clone(),
-        connections,
-        rate,
-        duration,
     };
-    load::run(&args.oha, &spec(32, None, plan.warmup)).await?;
+    load::run(&args.oha, &target, 32, None, plan.warmup).await?;
     let hits_before = total_hits(sandboxes);
     hub.sampler.reset_peak(hub.pid);
     let before = procstat::read(hub.pid).unwrap_or_default();
@@ -314,7 +311,7 @@ pub async fn backend_suite(
     } else {
         None
     };
-    let closed = load::run(&args.oha, &spec(32, None, plan.run)).await?;
+    let closed = load::run(&args.oha, &target, 32, None, plan.run).await?;
     if let Some(profiler) = profiler {
         match profiler.finish().await {
             Ok(top) => report.note(format!(
@@ -384,7 +381,7 @@ pub async fn backend_suite(
             own_after.cpu_secs - own_before.cpu_secs
         ),
     );
-    let constant = load::run(&args.oha, &spec(32, Some(3000), plan.run)).await?;
+    let constant = load::run(&args.oha, &target, 32, Some(3000), plan.run).await?;
     report.target(
         "snapshots",
         "superBudget p99 at a constant 3,000 queries/s",
@@ -429,15 +426,12 @@ pub async fn backend_suite(
     }
     let rate = 40;
     let ideal = ideal_fan_out(world, sandboxes, rate, plan.run).await?;
-    let spec = |connections: usize, rate: Option<u32>, duration: Duration| LoadSpec {
+    let target = Target {
         url: hub.url.clone(),
         headers: headers.clone(),
         bodies: bodies.clone(),
-        connections,
-        rate,
-        duration,
     };
-    let modest = load::run(&args.oha, &spec(8, Some(rate), plan.run)).await?;
+    let modest = load::run(&args.oha, &target, 8, Some(rate), plan.run).await?;
     report.info(
         "fan-out",
         "the partners alone: the three live partners asked at once, p50 / p99",
@@ -473,7 +467,7 @@ pub async fn backend_suite(
         format!("hub p99 {:.2} ms", modest.p99_ms),
     );
     let before = procstat::read(hub.pid).unwrap_or_default();
-    let busy = load::run(&args.oha, &spec(32, None, plan.run)).await?;
+    let busy = load::run(&args.oha, &target, 32, None, plan.run).await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
     let fanout_cpu = (after.cpu_secs - before.cpu_secs) / busy.ok.max(1) as f64 * 1e6;
     report.target(

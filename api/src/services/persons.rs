@@ -144,7 +144,11 @@ pub async fn register(
     let prepared = prepare(input)?;
     let write = audit::begin_write(db).await?;
     let txn = write.txn();
-    let id = insert_prepared(txn, actor, &prepared, Utc::now()).await?;
+    let id = insert_batch(txn, actor, std::slice::from_ref(&prepared), Utc::now())
+        .await
+        .map_err(|(_, e)| e)?
+        .pop()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("registered person vanished")))?;
     let schemes = prepared.schemes();
     audit::append(
         txn,
@@ -183,57 +187,10 @@ pub async fn register_many(
         let txn = write.txn();
         let now = Utc::now();
         let first = batch_no * REGISTER_BATCH;
-        check_batch_identifiers(txn, batch)
+        let batch_ids = insert_batch(txn, actor, batch, now)
             .await
             .map_err(|(offset, e)| at_position(first + offset, e))?;
-        let batch_ids: Vec<String> = batch
-            .iter()
-            .map(|_| uuid::Uuid::now_v7().to_string())
-            .collect();
         let schemes: Vec<Vec<&'static str>> = batch.iter().map(Prepared::schemes).collect();
-        person::Entity::insert_many(batch.iter().zip(&batch_ids).map(|(p, id)| {
-            person::ActiveModel {
-                id: Set(id.clone()),
-                given_name: Set(p.given_name.clone()),
-                family_name: Set(p.family_name.clone()),
-                date_of_birth: Set(p.date_of_birth),
-                version: Set(1),
-                created_by: Set(actor.sub.clone()),
-                created_at: Set(now),
-                updated_at: Set(now),
-            }
-        }))
-        .exec(txn)
-        .await?;
-        let links: Vec<person_identifier::ActiveModel> = batch
-            .iter()
-            .zip(&batch_ids)
-            .flat_map(|(p, id)| {
-                p.identifiers
-                    .iter()
-                    .map(move |(scheme, value)| person_identifier::ActiveModel {
-                        id: Set(uuid::Uuid::now_v7().to_string()),
-                        person_id: Set(id.clone()),
-                        scheme: Set(scheme.as_str().to_owned()),
-                        value: Set(value.clone()),
-                        linked_by: Set(actor.sub.clone()),
-                        linked_at: Set(now),
-                    })
-            })
-            .collect();
-        for chunk in links.chunks(1000) {
-            person_identifier::Entity::insert_many(chunk.to_vec())
-                .exec(txn)
-                .await
-                .map_err(|e| match e.sql_err() {
-                    // Checked above; only a registration racing this one gets here.
-                    Some(SqlErr::UniqueConstraintViolation(_)) => ApiError::Conflict(
-                        "an identifier in this batch was linked to another person meanwhile; try again"
-                            .into(),
-                    ),
-                    _ => e.into(),
-                })?;
-        }
         let events: Vec<NewEvent<'_>> = batch_ids
             .iter()
             .zip(&schemes)
@@ -344,36 +301,59 @@ fn prepare(input: NewPerson) -> ApiResult<Prepared> {
     })
 }
 
-/// Inserts a checked person and their identifiers inside `txn` (which holds the audit head
-/// lock), refusing an identifier already linked to anyone.
-async fn insert_prepared(
+/// Inserts checked people and their identifiers inside `txn` (which holds the audit head
+/// lock), refusing the lot if an identifier is given twice or is already linked to anyone; the
+/// error names the offset of the person concerned. Returns the new ids in order.
+async fn insert_batch(
     txn: &sea_orm::DatabaseTransaction,
     actor: &Principal,
-    person: &Prepared,
+    batch: &[Prepared],
     now: DateTime<Utc>,
-) -> ApiResult<String> {
-    for (scheme, value) in &person.identifiers {
-        if find_identifier(txn, *scheme, value).await?.is_some() {
-            return Err(conflict_linked(*scheme));
-        }
-    }
-    let id = uuid::Uuid::now_v7().to_string();
-    person::ActiveModel {
+) -> Result<Vec<String>, (usize, ApiError)> {
+    check_batch_identifiers(txn, batch).await?;
+    let ids: Vec<String> = batch
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    person::Entity::insert_many(batch.iter().zip(&ids).map(|(p, id)| person::ActiveModel {
         id: Set(id.clone()),
-        given_name: Set(person.given_name.clone()),
-        family_name: Set(person.family_name.clone()),
-        date_of_birth: Set(person.date_of_birth),
+        given_name: Set(p.given_name.clone()),
+        family_name: Set(p.family_name.clone()),
+        date_of_birth: Set(p.date_of_birth),
         version: Set(1),
         created_by: Set(actor.sub.clone()),
         created_at: Set(now),
         updated_at: Set(now),
+    }))
+    .exec(txn)
+    .await
+    .map_err(|e| (0, e.into()))?;
+    let links: Vec<person_identifier::ActiveModel> = batch
+        .iter()
+        .zip(&ids)
+        .flat_map(|(p, id)| {
+            p.identifiers
+                .iter()
+                .map(move |(scheme, value)| identifier_row(actor, id, *scheme, value, now))
+        })
+        .collect();
+    for chunk in links.chunks(1000) {
+        person_identifier::Entity::insert_many(chunk.to_vec())
+            .exec(txn)
+            .await
+            .map_err(|e| match e.sql_err() {
+                // Checked above; only a registration racing this one gets here.
+                Some(SqlErr::UniqueConstraintViolation(_)) => (
+                    0,
+                    ApiError::Conflict(
+                        "an identifier given was linked to another person meanwhile; try again"
+                            .into(),
+                    ),
+                ),
+                _ => (0, e.into()),
+            })?;
     }
-    .insert(txn)
-    .await?;
-    for (scheme, value) in &person.identifiers {
-        insert_identifier(txn, actor, &id, *scheme, value, now).await?;
-    }
-    Ok(id)
+    Ok(ids)
 }
 
 async fn find_identifier(
@@ -396,6 +376,20 @@ async fn insert_identifier(
     value: &str,
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
+    identifier_row(actor, person_id, scheme, value, now)
+        .insert(db)
+        .await
+        .map_err(|e| map_identifier_insert(e, scheme))?;
+    Ok(())
+}
+
+fn identifier_row(
+    actor: &Principal,
+    person_id: &str,
+    scheme: IdentifierScheme,
+    value: &str,
+    now: DateTime<Utc>,
+) -> person_identifier::ActiveModel {
     person_identifier::ActiveModel {
         id: Set(uuid::Uuid::now_v7().to_string()),
         person_id: Set(person_id.to_owned()),
@@ -404,10 +398,6 @@ async fn insert_identifier(
         linked_by: Set(actor.sub.clone()),
         linked_at: Set(now),
     }
-    .insert(db)
-    .await
-    .map_err(|e| map_identifier_insert(e, scheme))?;
-    Ok(())
 }
 
 fn to_identifier(row: person_identifier::Model) -> ApiResult<IdentifierRecord> {

@@ -54,7 +54,7 @@ pub async fn store_snapshot(
     connector: &str,
     records: &PersonRecords,
 ) -> ApiResult<(SourceMeta, Stored)> {
-    let mut stored = store_snapshots(db, &[(connector.to_owned(), records.clone())]).await?;
+    let mut stored = store_snapshots(db, &[(connector, records)]).await?;
     stored
         .pop()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a stored snapshot went missing")))
@@ -66,10 +66,10 @@ pub async fn store_snapshot(
 /// a newer snapshot written in between.
 pub async fn store_snapshots(
     db: &DatabaseConnection,
-    fetched: &[(String, PersonRecords)],
+    fetched: &[(&str, &PersonRecords)],
 ) -> ApiResult<Vec<(SourceMeta, Stored)>> {
     let mut prepared = Vec::with_capacity(fetched.len());
-    for (connector, records) in fetched {
+    for &(connector, records) in fetched {
         let json = records_json(records)?;
         let hash = content_hash(&json);
         prepared.push((connector, records, json, hash));
@@ -79,7 +79,7 @@ pub async fn store_snapshots(
     let txn = write.txn();
     // The stored versions and hashes of the whole batch, in one query (inside the
     // transaction, so nothing can slip in between the check and the write).
-    let mut connectors: Vec<&str> = prepared.iter().map(|p| p.0.as_str()).collect();
+    let mut connectors: Vec<&str> = prepared.iter().map(|p| p.0).collect();
     connectors.sort_unstable();
     connectors.dedup();
     let subjects: Vec<&str> = prepared.iter().map(|p| p.1.subject_key.as_str()).collect();
@@ -91,12 +91,12 @@ pub async fn store_snapshots(
             .all(txn)
             .await?
         {
-            stored_now.insert((row.connector.clone(), row.subject_key.clone()), row);
+            stored_now.insert((row.connector.to_owned(), row.subject_key.clone()), row);
         }
     }
     let mut out = Vec::with_capacity(prepared.len());
     for (connector, records, json, hash) in prepared {
-        let previous = stored_now.remove(&(connector.clone(), records.subject_key.clone()));
+        let previous = stored_now.remove(&(connector.to_owned(), records.subject_key.clone()));
         if let Some(p) = &previous
             && is_older(records.version.as_deref(), p.version.as_deref())
         {
@@ -104,7 +104,7 @@ pub async fn store_snapshots(
             tracing::info!(stream = %connector, "an answer older than the stored snapshot was kept out");
             out.push((
                 SourceMeta {
-                    connector: connector.clone(),
+                    connector: connector.to_owned(),
                     version: p.version.clone(),
                     fetched_at: p.fetched_at,
                     content_hash: p.content_hash.clone(),
@@ -119,7 +119,7 @@ pub async fn store_snapshots(
         };
         upstream_snapshot::Entity::insert(upstream_snapshot::ActiveModel {
             id: Set(uuid::Uuid::now_v7().to_string()),
-            connector: Set(connector.clone()),
+            connector: Set(connector.to_owned()),
             subject_key: Set(records.subject_key.clone()),
             version: Set(records.version.clone()),
             content_hash: Set(hash.clone()),
@@ -155,7 +155,7 @@ pub async fn store_snapshots(
         }
         out.push((
             SourceMeta {
-                connector: connector.clone(),
+                connector: connector.to_owned(),
                 version: records.version.clone(),
                 fetched_at: now,
                 content_hash: hash,

@@ -139,7 +139,9 @@ pub async fn run(
         let mut batch = Vec::with_capacity(STORE_BATCH);
         let (mut fetched, mut unchanged, mut rejected, mut lost) = (0u64, 0u64, 0u64, 0u64);
         while receiver.recv_many(&mut batch, STORE_BATCH).await > 0 {
-            match store_snapshots(db, &batch).await {
+            let refs: Vec<(&str, &PersonRecords)> =
+                batch.iter().map(|(c, r)| (c.as_str(), r)).collect();
+            match store_snapshots(db, &refs).await {
                 Ok(outcomes) => {
                     for ((_, records), (_, stored)) in batch.iter().zip(outcomes) {
                         match stored {
