@@ -27,6 +27,7 @@ struct HttpState {
     schema: TributarySchema,
     auth: Arc<Authenticator>,
     db: DatabaseConnection,
+    local: Option<Arc<crate::sqlite_reads::SqliteReads>>,
     reads: crate::audit::ReadRecorder,
     documents: limits::DocumentCache,
     limits: LimitSettings,
@@ -67,9 +68,7 @@ impl Application {
         db.set_metric_callback(move |_| {
             counter.fetch_add(1, Ordering::Relaxed);
         });
-        let mut app = Self::with_database(settings, auth, secrets, db).await?;
-        app.queries = queries;
-        Ok(app)
+        Self::with_counter(settings, auth, secrets, db, queries).await
     }
 
     /// How many database queries the server has run (counted when built by `build`).
@@ -84,6 +83,19 @@ impl Application {
         secrets: &Secrets,
         db: DatabaseConnection,
     ) -> anyhow::Result<Self> {
+        Self::with_counter(settings, auth, secrets, db, Arc::new(AtomicU64::new(0))).await
+    }
+
+    async fn with_counter(
+        settings: Settings,
+        auth: Authenticator,
+        secrets: &Secrets,
+        db: DatabaseConnection,
+        queries: Arc<AtomicU64>,
+    ) -> anyhow::Result<Self> {
+        // A SQLite file's served reads run inline (see `sqlite_reads`); counted with the rest.
+        let local = crate::sqlite_reads::SqliteReads::open(&settings.database.url, queries.clone())
+            .map(Arc::new);
         let registry = Arc::new(
             Registry::build(&settings.connectors, secrets)
                 .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?,
@@ -109,6 +121,7 @@ impl Application {
                 db: db.clone(),
                 connectors: settings.connectors.clone(),
                 registry: registry.clone(),
+                local: local.clone(),
                 anchors: match (&settings.audit.anchor_dir, settings.anchor_key()?) {
                     (Some(dir), Some(key)) => Some((dir.clone(), key)),
                     _ => None,
@@ -121,6 +134,7 @@ impl Application {
             schema,
             auth: Arc::new(auth),
             db: db.clone(),
+            local,
             reads: crate::audit::ReadRecorder::start(db.clone()),
             documents: limits::DocumentCache::default(),
             rate: TokenRate::new(&settings.limits),
@@ -153,7 +167,7 @@ impl Application {
             server,
             db,
             registry,
-            queries: Arc::new(AtomicU64::new(0)),
+            queries,
             anchoring,
         })
     }
@@ -297,7 +311,10 @@ async fn graphql(
         state.schema.execute(
             request
                 .data(principal.clone())
-                .data(crate::graphql::loaders::Loaders::new(&state.db))
+                .data(crate::graphql::loaders::Loaders::new(
+                    &state.db,
+                    state.local.clone(),
+                ))
                 .data(reads.clone()),
         )
     };

@@ -592,3 +592,160 @@ async fn a_stream_past_its_yearly_cap_is_warned() {
             .contains(&"CAP_EXCEEDED".to_owned())
     );
 }
+
+/// The inline SQLite reads of the served path (`sqlite_reads`) decode every column as sea-orm
+/// does: instants to the nanosecond, dates, flags, optional values, and row order.
+#[tokio::test]
+async fn inline_sqlite_reads_return_exactly_what_sea_orm_reads() {
+    use entities::{
+        bulk_extract, bulk_record, funding_share, person, person_identifier, plan_item,
+        rejected_record, upstream_snapshot,
+    };
+    use sea_orm::{EntityTrait, QueryOrder};
+
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let split = json!([
+        { "streamId": "la-social-care", "percent": "60" },
+        { "streamId": "phb", "percent": "40" }
+    ]);
+    app.gql_as(Some(&token), None, ADD, wheelchair(&ids[0], split))
+        .await
+        .data();
+    let mut weekly = wheelchair(&ids[0], json!([{ "streamId": "phb", "percent": "100" }]));
+    weekly["input"]["frequency"] = json!("weekly");
+    weekly["input"]["cost"] = json!("42.50");
+    weekly["input"]["endDate"] = json!("2027-01-31");
+    app.gql_as(Some(&token), None, ADD, weekly).await.data();
+    let noop = |_: u64, _: u64| {};
+    tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
+        .await
+        .unwrap();
+
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let local = tributary::sqlite_reads::SqliteReads::open(&app.database_url, counter.clone())
+        .expect("a SQLite file store is read inline");
+
+    let snapshots = upstream_snapshot::Entity::find()
+        .order_by_asc(upstream_snapshot::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(snapshots.len() > 100, "{} snapshots", snapshots.len());
+    let mut connectors: Vec<&str> = snapshots.iter().map(|s| s.connector.as_str()).collect();
+    connectors.sort_unstable();
+    connectors.dedup();
+    let subjects: Vec<&str> = snapshots.iter().map(|s| s.subject_key.as_str()).collect();
+    let mut inline = local.snapshots(&connectors, &subjects).unwrap();
+    inline.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(inline, snapshots);
+
+    let extracts: Vec<bulk_extract::Model> = bulk_extract::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.current)
+        .collect();
+    assert_eq!(extracts.len(), 1);
+    assert_eq!(local.current_extracts(&["ilf", "phb"]).unwrap(), extracts);
+
+    let rows: Vec<bulk_record::Model> = bulk_record::Entity::find()
+        .order_by_asc(bulk_record::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = rows.iter().map(|r| r.subject_key.as_str()).collect();
+    assert_eq!(local.bulk_rows(&extracts[0].id, &keys).unwrap(), rows);
+
+    // Two rejected records kept for one subject: one with a line number, one without.
+    let subject = rows[0].subject_key.clone();
+    let rejected_now = [
+        connectors::Rejected {
+            upstream_id: Some("ILF-BAD-1".into()),
+            subject_key: Some(subject.clone()),
+            line: Some(7),
+            reason: "amount is not a number".into(),
+            raw: "ILF-BAD-1,x".into(),
+        },
+        connectors::Rejected {
+            upstream_id: None,
+            subject_key: None,
+            line: None,
+            reason: "no award id".into(),
+            raw: "{}".into(),
+        },
+    ];
+    tributary::services::sources::replace_rejected(
+        &app.db,
+        "ilf",
+        Some(&subject),
+        &rejected_now,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let rejected: Vec<rejected_record::Model> = rejected_record::Entity::find()
+        .order_by_asc(rejected_record::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.connector == "ilf" && r.subject_key.is_some())
+        .collect();
+    assert!(rejected.len() >= 2, "{} rejected ILF rows", rejected.len());
+    let keys: Vec<&str> = rejected
+        .iter()
+        .filter_map(|r| r.subject_key.as_deref())
+        .collect();
+    assert_eq!(local.rejected("ilf", &keys).unwrap(), rejected);
+
+    let items = plan_item::Entity::find()
+        .order_by_asc(plan_item::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().any(|i| i.end_date.is_some()));
+    let shares = funding_share::Entity::find()
+        .order_by_asc(funding_share::Column::Position)
+        .all(&app.db)
+        .await
+        .unwrap();
+    let (inline_items, mut inline_shares) = local.plan_items(&[ids[0].as_str()]).unwrap();
+    assert_eq!(inline_items, items);
+    let order = |s: &funding_share::Model| (s.position, s.id.clone());
+    inline_shares.sort_by_key(order);
+    let mut shares = shares;
+    shares.sort_by_key(order);
+    assert_eq!(inline_shares, shares);
+
+    for id in ids.iter().take(20) {
+        let row = person::Entity::find_by_id(id.clone())
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut identifiers: Vec<person_identifier::Model> = person_identifier::Entity::find()
+            .all(&app.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| &i.person_id == id)
+            .collect();
+        let (inline_row, mut inline_identifiers) = local.person(id).unwrap().unwrap();
+        assert_eq!(inline_row, row);
+        identifiers.sort_by(|a, b| a.id.cmp(&b.id));
+        inline_identifiers.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(inline_identifiers, identifiers);
+    }
+    assert!(
+        local
+            .person("00000000-0000-7000-8000-000000000000")
+            .unwrap()
+            .is_none()
+    );
+    // Every inline statement is counted with the rest (the batching test relies on it).
+    assert!(counter.load(std::sync::atomic::Ordering::SeqCst) >= 27);
+}

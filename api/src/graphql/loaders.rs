@@ -14,6 +14,7 @@ use crate::budget::assemble::SourceMeta;
 use crate::error::{ApiError, ApiResult};
 use crate::services::plan::{self, Item};
 use crate::services::sources::{StoreReader, decode_snapshot};
+use crate::sqlite_reads::SqliteReads;
 
 type Shared<E> = Arc<E>;
 
@@ -46,8 +47,15 @@ fn by_first(keys: &[(String, String)]) -> HashMap<&str, Vec<&str>> {
     groups
 }
 
+/// Where a loader reads: the store through sea-orm, or a SQLite file inline.
+#[derive(Clone)]
+struct Source {
+    db: DatabaseConnection,
+    local: Option<Arc<SqliteReads>>,
+}
+
 /// Snapshots by (connector, subject key).
-pub struct Snapshots(DatabaseConnection);
+pub struct Snapshots(Source);
 
 impl Loader<(String, String)> for Snapshots {
     type Value = (PersonRecords, SourceMeta);
@@ -65,13 +73,16 @@ impl Loader<(String, String)> for Snapshots {
         subjects.sort_unstable();
         subjects.dedup();
         let mut out = HashMap::new();
-        for row in upstream_snapshot::Entity::find()
-            .filter(upstream_snapshot::Column::Connector.is_in(connectors))
-            .filter(upstream_snapshot::Column::SubjectKey.is_in(subjects))
-            .all(&self.0)
-            .await
-            .map_err(shared)?
-        {
+        let rows = match &self.0.local {
+            Some(local) => local.snapshots(&connectors, &subjects).map_err(shared)?,
+            None => upstream_snapshot::Entity::find()
+                .filter(upstream_snapshot::Column::Connector.is_in(connectors))
+                .filter(upstream_snapshot::Column::SubjectKey.is_in(subjects))
+                .all(&self.0.db)
+                .await
+                .map_err(shared)?,
+        };
+        for row in rows {
             let wanted = groups
                 .get(row.connector.as_str())
                 .is_some_and(|s| s.contains(&row.subject_key.as_str()));
@@ -85,27 +96,31 @@ impl Loader<(String, String)> for Snapshots {
 }
 
 /// Current extracts by connector.
-pub struct Extracts(DatabaseConnection);
+pub struct Extracts(Source);
 
 impl Loader<String> for Extracts {
     type Value = bulk_extract::Model;
     type Error = Shared<ApiError>;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        Ok(bulk_extract::Entity::find()
-            .filter(bulk_extract::Column::Connector.is_in(keys.to_vec()))
-            .filter(bulk_extract::Column::Current.eq(true))
-            .all(&self.0)
-            .await
-            .map_err(shared)?
-            .into_iter()
-            .map(|e| (e.connector.clone(), e))
-            .collect())
+        let rows = match &self.0.local {
+            Some(local) => {
+                let connectors: Vec<&str> = keys.iter().map(String::as_str).collect();
+                local.current_extracts(&connectors).map_err(shared)?
+            }
+            None => bulk_extract::Entity::find()
+                .filter(bulk_extract::Column::Connector.is_in(keys.to_vec()))
+                .filter(bulk_extract::Column::Current.eq(true))
+                .all(&self.0.db)
+                .await
+                .map_err(shared)?,
+        };
+        Ok(rows.into_iter().map(|e| (e.connector.clone(), e)).collect())
     }
 }
 
 /// Extract rows by (extract id, subject key).
-pub struct BulkRows(DatabaseConnection);
+pub struct BulkRows(Source);
 
 impl Loader<(String, String)> for BulkRows {
     type Value = Vec<bulk_record::Model>;
@@ -117,13 +132,16 @@ impl Loader<(String, String)> for BulkRows {
     ) -> Result<HashMap<(String, String), Self::Value>, Self::Error> {
         let mut out: HashMap<(String, String), Self::Value> = HashMap::new();
         for (extract, subjects) in by_first(keys) {
-            for row in bulk_record::Entity::find()
-                .filter(bulk_record::Column::ExtractId.eq(extract))
-                .filter(bulk_record::Column::SubjectKey.is_in(subjects))
-                .all(&self.0)
-                .await
-                .map_err(shared)?
-            {
+            let rows = match &self.0.local {
+                Some(local) => local.bulk_rows(extract, &subjects).map_err(shared)?,
+                None => bulk_record::Entity::find()
+                    .filter(bulk_record::Column::ExtractId.eq(extract))
+                    .filter(bulk_record::Column::SubjectKey.is_in(subjects))
+                    .all(&self.0.db)
+                    .await
+                    .map_err(shared)?,
+            };
+            for row in rows {
                 out.entry((row.extract_id.clone(), row.subject_key.clone()))
                     .or_default()
                     .push(row);
@@ -134,7 +152,7 @@ impl Loader<(String, String)> for BulkRows {
 }
 
 /// Rejected records by (connector, subject key).
-pub struct RejectedRows(DatabaseConnection);
+pub struct RejectedRows(Source);
 
 impl Loader<(String, String)> for RejectedRows {
     type Value = Vec<rejected_record::Model>;
@@ -146,13 +164,16 @@ impl Loader<(String, String)> for RejectedRows {
     ) -> Result<HashMap<(String, String), Self::Value>, Self::Error> {
         let mut out: HashMap<(String, String), Self::Value> = HashMap::new();
         for (connector, subjects) in by_first(keys) {
-            for row in rejected_record::Entity::find()
-                .filter(rejected_record::Column::Connector.eq(connector))
-                .filter(rejected_record::Column::SubjectKey.is_in(subjects))
-                .all(&self.0)
-                .await
-                .map_err(shared)?
-            {
+            let rows = match &self.0.local {
+                Some(local) => local.rejected(connector, &subjects).map_err(shared)?,
+                None => rejected_record::Entity::find()
+                    .filter(rejected_record::Column::Connector.eq(connector))
+                    .filter(rejected_record::Column::SubjectKey.is_in(subjects))
+                    .all(&self.0.db)
+                    .await
+                    .map_err(shared)?,
+            };
+            for row in rows {
                 if let Some(subject) = row.subject_key.clone() {
                     out.entry((row.connector.clone(), subject))
                         .or_default()
@@ -165,14 +186,21 @@ impl Loader<(String, String)> for RejectedRows {
 }
 
 /// Plan items by person id.
-pub struct PlanItems(DatabaseConnection);
+pub struct PlanItems(Source);
 
 impl Loader<String> for PlanItems {
     type Value = Vec<Item>;
     type Error = Shared<ApiError>;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        plan::for_people(&self.0, keys).await.map_err(shared)
+        match &self.0.local {
+            Some(local) => {
+                let people: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let (items, shares) = local.plan_items(&people).map_err(shared)?;
+                plan::group_by_person(items, shares).map_err(shared)
+            }
+            None => plan::for_people(&self.0.db, keys).await.map_err(shared),
+        }
     }
 }
 
@@ -206,17 +234,21 @@ pub struct Loaders {
 
 impl Loaders {
     /// Fresh loaders (each request gets its own, so nothing is cached across requests).
-    pub fn new(db: &DatabaseConnection) -> Self {
+    pub fn new(db: &DatabaseConnection, local: Option<Arc<SqliteReads>>) -> Self {
+        let source = Source {
+            db: db.clone(),
+            local,
+        };
         // No timer: the default batching delay (1 ms on a timer thread) adds a millisecond of
         // latency and two thread wake-ups to every step of a budget's chain of reads. A batch
         // instead starts after the request's task has had a few turns to register the loads
         // of everyone on the page (they resolve together in that one task).
         Self {
-            snapshots: batched(Snapshots(db.clone())),
-            extracts: batched(Extracts(db.clone())),
-            bulk_rows: batched(BulkRows(db.clone())),
-            rejected: batched(RejectedRows(db.clone())),
-            plan_items: batched(PlanItems(db.clone())),
+            snapshots: batched(Snapshots(source.clone())),
+            extracts: batched(Extracts(source.clone())),
+            bulk_rows: batched(BulkRows(source.clone())),
+            rejected: batched(RejectedRows(source.clone())),
+            plan_items: batched(PlanItems(source)),
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct AppContext {
     pub connectors: Vec<ConnectorSettings>,
     /// The connectors built from them.
     pub registry: std::sync::Arc<connectors::Registry>,
+    /// Inline reads of a SQLite file store (`None` on PostgreSQL).
+    pub local: Option<std::sync::Arc<crate::sqlite_reads::SqliteReads>>,
     /// Where the audit chain's anchors are and the key that signs them, when configured.
     pub anchors: Option<(std::path::PathBuf, secrecy::SecretString)>,
 }

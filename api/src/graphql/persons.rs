@@ -278,14 +278,14 @@ fn hide_existence(principal: &Principal, error: ApiError) -> ApiError {
 }
 
 async fn read_person(
-    db: &sea_orm::DatabaseConnection,
+    app: &super::AppContext,
     principal: &Principal,
     id: &str,
 ) -> ApiResult<PersonRecord> {
-    access::can_read_person(db, principal, id)
+    access::can_read_person(&app.db, principal, id)
         .await
         .map_err(|e| hide_existence(principal, e))?;
-    service::get(db, id).await
+    service::get_served(&app.db, app.local.as_deref(), id).await
 }
 
 #[Object]
@@ -293,8 +293,9 @@ impl PersonsQuery {
     /// A person by hub id.
     async fn person(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Person>> {
         let principal = principal(ctx)?;
-        let db = &app(ctx)?.db;
-        let person = read_person(db, principal, &id).await.gql(principal)?;
+        let person = read_person(app(ctx)?, principal, &id)
+            .await
+            .gql(principal)?;
         log_read(ctx, &person.id, "person.read");
         Ok(Some(Person(person)))
     }
@@ -307,12 +308,12 @@ impl PersonsQuery {
         value: String,
     ) -> async_graphql::Result<Option<Person>> {
         let principal = principal(ctx)?;
-        let db = &app(ctx)?.db;
+        let app = app(ctx)?;
         let result = async {
-            let id = service::find_by_identifier(db, scheme.into(), &value)
+            let id = service::find_by_identifier(&app.db, scheme.into(), &value)
                 .await
                 .map_err(|e| hide_existence(principal, e))?;
-            read_person(db, principal, &id).await
+            read_person(app, principal, &id).await
         }
         .await;
         let person = result.gql(principal)?;

@@ -442,9 +442,30 @@ async fn load(db: &impl ConnectionTrait, id: &str) -> ApiResult<Option<PersonRec
 /// A person by hub id; NOT_FOUND when there is none.
 pub async fn get(db: &impl ConnectionTrait, id: &str) -> ApiResult<PersonRecord> {
     let id = parse_person_id(id)?;
-    load(db, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no person has the id '{id}'")))
+    load(db, &id).await?.ok_or_else(|| no_person(&id))
+}
+
+fn no_person(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no person has the id '{id}'"))
+}
+
+/// As [`get`], read inline when the store is a SQLite file (see `sqlite_reads`): the read
+/// path of a query, where the person is read on every request.
+pub async fn get_served(
+    db: &impl ConnectionTrait,
+    local: Option<&crate::sqlite_reads::SqliteReads>,
+    id: &str,
+) -> ApiResult<PersonRecord> {
+    let Some(local) = local else {
+        return get(db, id).await;
+    };
+    let id = parse_person_id(id)?;
+    let (row, identifiers) = local.person(&id)?.ok_or_else(|| no_person(&id))?;
+    let identifiers = identifiers
+        .into_iter()
+        .map(to_identifier)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(to_record(row, identifiers))
 }
 
 /// The hub person id holding an identifier; NOT_FOUND when nobody does.

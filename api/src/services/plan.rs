@@ -482,29 +482,45 @@ fn to_item(row: plan_item::Model, shares: Vec<Share>) -> ApiResult<Item> {
     })
 }
 
+/// The shares of these items, in position order.
+async fn share_rows(
+    db: &impl ConnectionTrait,
+    rows: &[plan_item::Model],
+) -> ApiResult<Vec<funding_share::Model>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(funding_share::Entity::find()
+        .filter(funding_share::Column::PlanItemId.is_in(rows.iter().map(|r| r.id.clone())))
+        .order_by_asc(funding_share::Column::Position)
+        .all(db)
+        .await?)
+}
+
 async fn with_shares(
     db: &impl ConnectionTrait,
     rows: Vec<plan_item::Model>,
 ) -> ApiResult<Vec<Item>> {
-    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let shares = share_rows(db, &rows).await?;
+    join_shares(rows, shares)
+}
+
+/// Items from their rows and their shares' rows (shares in position order).
+fn join_shares(
+    rows: Vec<plan_item::Model>,
+    share_rows: Vec<funding_share::Model>,
+) -> ApiResult<Vec<Item>> {
     let mut shares: HashMap<String, Vec<Share>> = HashMap::new();
-    if !ids.is_empty() {
-        for s in funding_share::Entity::find()
-            .filter(funding_share::Column::PlanItemId.is_in(ids))
-            .order_by_asc(funding_share::Column::Position)
-            .all(db)
-            .await?
-        {
-            shares
-                .entry(s.plan_item_id.clone())
-                .or_default()
-                .push(Share {
-                    stream_id: s.stream_id,
-                    percent_hundredths: s.percent_hundredths,
-                    amount_pence: s.amount_pence,
-                    award_id: s.award_id,
-                });
-        }
+    for s in share_rows {
+        shares
+            .entry(s.plan_item_id.clone())
+            .or_default()
+            .push(Share {
+                stream_id: s.stream_id,
+                percent_hundredths: s.percent_hundredths,
+                amount_pence: s.amount_pence,
+                award_id: s.award_id,
+            });
     }
     rows.into_iter()
         .map(|row| {
@@ -512,6 +528,18 @@ async fn with_shares(
             to_item(row, s)
         })
         .collect()
+}
+
+/// Every person's items, from item rows (in id order) and share rows (in position order).
+pub fn group_by_person(
+    rows: Vec<plan_item::Model>,
+    shares: Vec<funding_share::Model>,
+) -> ApiResult<HashMap<String, Vec<Item>>> {
+    let mut out: HashMap<String, Vec<Item>> = HashMap::new();
+    for item in join_shares(rows, shares)? {
+        out.entry(item.person_id.clone()).or_default().push(item);
+    }
+    Ok(out)
 }
 
 /// Items by id, with their shares, in two queries.
@@ -534,11 +562,8 @@ pub async fn for_people(
         .order_by_asc(plan_item::Column::Id)
         .all(db)
         .await?;
-    let mut out: HashMap<String, Vec<Item>> = HashMap::new();
-    for item in with_shares(db, rows).await? {
-        out.entry(item.person_id.clone()).or_default().push(item);
-    }
-    Ok(out)
+    let shares = share_rows(db, &rows).await?;
+    group_by_person(rows, shares)
 }
 
 /// The items a caller may see: with a scope (an agency's consented streams), only items every

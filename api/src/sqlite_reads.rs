@@ -1,0 +1,395 @@
+//! Reads of the embedded SQLite store on the calling thread.
+//!
+//! sqlx runs each SQLite connection on a thread of its own: every statement is a command sent
+//! to that thread and rows sent back, two cross-thread wake-ups a statement. A combined budget
+//! takes about eight indexed reads that each cost SQLite a few microseconds, and the benchmark's
+//! profile showed the hand-offs, not SQLite, were half the hub's CPU. The served path's reads
+//! (a person, their snapshots, the current extract's rows, rejected records, plan items)
+//! therefore go through here instead: a small pool of `rusqlite` connections, each used inline
+//! by whichever task needs it, so a read is a function call. Writes stay on sea-orm, in
+//! transactions.
+//!
+//! Each connection is `query_only`, so nothing here can write. In WAL mode a reader never waits
+//! for the writer; the busy timeout covers only the rare moment SQLite rebuilds its WAL index.
+//! A file-backed SQLite store is required: an in-memory database is private to its connection,
+//! so [`SqliteReads::open`] declines it and the sea-orm path serves those reads.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use entities::{
+    bulk_extract, bulk_record, funding_share, person, person_identifier, plan_item,
+    rejected_record, upstream_snapshot,
+};
+use rusqlite::{Connection, OpenFlags, Row, params_from_iter};
+
+use crate::error::{ApiError, ApiResult};
+
+/// The most idle connections kept; more are opened when more tasks read at once.
+const MAX_IDLE: usize = 8;
+
+/// Prepared statements kept per connection (one per distinct query text; an `IN` list of a
+/// different length is a different text).
+const STATEMENT_CACHE: usize = 64;
+
+/// Inline readers over one SQLite file.
+#[derive(Debug)]
+pub struct SqliteReads {
+    path: PathBuf,
+    idle: std::sync::Mutex<Vec<Connection>>,
+    queries: Arc<AtomicU64>,
+}
+
+fn failed(e: rusqlite::Error) -> ApiError {
+    ApiError::internal(e, "reading the SQLite store")
+}
+
+/// `?, ?, ?` for `n` values.
+fn marks(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}
+
+/// A stored instant: sqlx writes `DateTime<Utc>` to SQLite as RFC 3339 text.
+fn instant(row: &Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let text: String = row.get(index)?;
+    DateTime::parse_from_rfc3339(&text)
+        .or_else(|_| DateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f%:z"))
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, e.into())
+        })
+}
+
+/// A stored date (`YYYY-MM-DD`).
+fn date(row: &Row<'_>, index: usize) -> rusqlite::Result<NaiveDate> {
+    let text: String = row.get(index)?;
+    NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn optional_date(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<NaiveDate>> {
+    match row.get_ref(index)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => date(row, index).map(Some),
+    }
+}
+
+impl SqliteReads {
+    /// Inline readers for the store at `url`, or `None` when it is not a SQLite file (a
+    /// PostgreSQL URL, or an in-memory SQLite database no other connection can see).
+    pub fn open(url: &str, queries: Arc<AtomicU64>) -> Option<Self> {
+        if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+            return None;
+        }
+        let options = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+        let path = options.get_filename().to_path_buf();
+        let name = path.to_string_lossy();
+        if name.is_empty() {
+            return None;
+        }
+        Some(Self {
+            path,
+            idle: std::sync::Mutex::new(Vec::new()),
+            queries,
+        })
+    }
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        let connection = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.pragma_update(None, "query_only", true)?;
+        // Pages are read from a memory map of the file rather than copied in by read(2):
+        // every audit write invalidates each reader's page cache, so this is most reads.
+        connection.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
+        connection.pragma_update(None, "cache_size", -8192)?;
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(connection)
+    }
+
+    /// Runs `read` on an idle connection (opening one if none is idle), then returns it.
+    fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> ApiResult<T> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let connection = match idle {
+            Some(c) => c,
+            None => self.connect().map_err(failed)?,
+        };
+        let out = read(&connection).map_err(failed);
+        let mut pool = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.len() < MAX_IDLE {
+            pool.push(connection);
+        }
+        out
+    }
+
+    /// Runs one query and maps every row.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        values: &[&str],
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> ApiResult<Vec<T>> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        self.with(|c| {
+            let mut statement = c.prepare_cached(sql)?;
+            statement
+                .query_map(params_from_iter(values.iter()), map)?
+                .collect()
+        })
+    }
+
+    /// Snapshots of any of `connectors` for any of `subjects`.
+    pub fn snapshots(
+        &self,
+        connectors: &[&str],
+        subjects: &[&str],
+    ) -> ApiResult<Vec<upstream_snapshot::Model>> {
+        if connectors.is_empty() || subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, connector, subject_key, version, content_hash, records, fetched_at \
+             FROM upstream_snapshots WHERE connector IN ({}) AND subject_key IN ({})",
+            marks(connectors.len()),
+            marks(subjects.len())
+        );
+        let values: Vec<&str> = connectors.iter().chain(subjects).copied().collect();
+        self.rows(&sql, &values, |r| {
+            Ok(upstream_snapshot::Model {
+                id: r.get(0)?,
+                connector: r.get(1)?,
+                subject_key: r.get(2)?,
+                version: r.get(3)?,
+                content_hash: r.get(4)?,
+                records: r.get(5)?,
+                fetched_at: instant(r, 6)?,
+            })
+        })
+    }
+
+    /// The current extract of each of `connectors` that has one.
+    pub fn current_extracts(&self, connectors: &[&str]) -> ApiResult<Vec<bulk_extract::Model>> {
+        if connectors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, connector, etag, content_hash, row_count, rejected_count, current, \
+             loaded_at FROM bulk_extracts WHERE connector IN ({}) AND current = 1",
+            marks(connectors.len())
+        );
+        self.rows(&sql, connectors, |r| {
+            Ok(bulk_extract::Model {
+                id: r.get(0)?,
+                connector: r.get(1)?,
+                etag: r.get(2)?,
+                content_hash: r.get(3)?,
+                row_count: r.get(4)?,
+                rejected_count: r.get(5)?,
+                current: r.get(6)?,
+                loaded_at: instant(r, 7)?,
+            })
+        })
+    }
+
+    /// The rows of one extract for any of `subjects`.
+    pub fn bulk_rows(
+        &self,
+        extract_id: &str,
+        subjects: &[&str],
+    ) -> ApiResult<Vec<bulk_record::Model>> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, extract_id, connector, subject_key, upstream_id, record, content_hash \
+             FROM bulk_records WHERE extract_id = ? AND subject_key IN ({}) ORDER BY id",
+            marks(subjects.len())
+        );
+        let values: Vec<&str> = std::iter::once(extract_id)
+            .chain(subjects.iter().copied())
+            .collect();
+        self.rows(&sql, &values, |r| {
+            Ok(bulk_record::Model {
+                id: r.get(0)?,
+                extract_id: r.get(1)?,
+                connector: r.get(2)?,
+                subject_key: r.get(3)?,
+                upstream_id: r.get(4)?,
+                record: r.get(5)?,
+                content_hash: r.get(6)?,
+            })
+        })
+    }
+
+    /// Rejected records of one connector for any of `subjects`.
+    pub fn rejected(
+        &self,
+        connector: &str,
+        subjects: &[&str],
+    ) -> ApiResult<Vec<rejected_record::Model>> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, connector, subject_key, upstream_id, line_number, reason, raw, \
+             fetched_at FROM rejected_records WHERE connector = ? AND subject_key IN ({}) \
+             ORDER BY id",
+            marks(subjects.len())
+        );
+        let values: Vec<&str> = std::iter::once(connector)
+            .chain(subjects.iter().copied())
+            .collect();
+        self.rows(&sql, &values, |r| {
+            Ok(rejected_record::Model {
+                id: r.get(0)?,
+                connector: r.get(1)?,
+                subject_key: r.get(2)?,
+                upstream_id: r.get(3)?,
+                line_number: r.get(4)?,
+                reason: r.get(5)?,
+                raw: r.get(6)?,
+                fetched_at: instant(r, 7)?,
+            })
+        })
+    }
+
+    /// The plan items of any of `person_ids` (in id order) and their shares (in position
+    /// order).
+    pub fn plan_items(
+        &self,
+        person_ids: &[&str],
+    ) -> ApiResult<(Vec<plan_item::Model>, Vec<funding_share::Model>)> {
+        if person_ids.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let sql = format!(
+            "SELECT id, person_id, description, purpose, cost_pence, frequency, start_date, \
+             end_date, version, idempotency_key, created_by, created_at, updated_at \
+             FROM plan_items WHERE person_id IN ({}) ORDER BY id",
+            marks(person_ids.len())
+        );
+        let items = self.rows(&sql, person_ids, |r| {
+            Ok(plan_item::Model {
+                id: r.get(0)?,
+                person_id: r.get(1)?,
+                description: r.get(2)?,
+                purpose: r.get(3)?,
+                cost_pence: r.get(4)?,
+                frequency: r.get(5)?,
+                start_date: date(r, 6)?,
+                end_date: optional_date(r, 7)?,
+                version: r.get(8)?,
+                idempotency_key: r.get(9)?,
+                created_by: r.get(10)?,
+                created_at: instant(r, 11)?,
+                updated_at: instant(r, 12)?,
+            })
+        })?;
+        if items.is_empty() {
+            return Ok((items, Vec::new()));
+        }
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        let sql = format!(
+            "SELECT id, plan_item_id, position, stream_id, percent_hundredths, amount_pence, \
+             award_id FROM funding_shares WHERE plan_item_id IN ({}) ORDER BY position",
+            marks(ids.len())
+        );
+        let shares = self.rows(&sql, &ids, |r| {
+            Ok(funding_share::Model {
+                id: r.get(0)?,
+                plan_item_id: r.get(1)?,
+                position: r.get(2)?,
+                stream_id: r.get(3)?,
+                percent_hundredths: r.get(4)?,
+                amount_pence: r.get(5)?,
+                award_id: r.get(6)?,
+            })
+        })?;
+        Ok((items, shares))
+    }
+
+    /// A person's registry row and identifiers.
+    pub fn person(
+        &self,
+        id: &str,
+    ) -> ApiResult<Option<(person::Model, Vec<person_identifier::Model>)>> {
+        let mut people = self.rows(
+            "SELECT id, given_name, family_name, date_of_birth, version, created_by, \
+             created_at, updated_at FROM persons WHERE id = ?",
+            &[id],
+            |r| {
+                Ok(person::Model {
+                    id: r.get(0)?,
+                    given_name: r.get(1)?,
+                    family_name: r.get(2)?,
+                    date_of_birth: date(r, 3)?,
+                    version: r.get(4)?,
+                    created_by: r.get(5)?,
+                    created_at: instant(r, 6)?,
+                    updated_at: instant(r, 7)?,
+                })
+            },
+        )?;
+        let Some(row) = people.pop() else {
+            return Ok(None);
+        };
+        let identifiers = self.rows(
+            "SELECT id, person_id, scheme, value, linked_by, linked_at \
+             FROM person_identifiers WHERE person_id = ?",
+            &[id],
+            |r| {
+                Ok(person_identifier::Model {
+                    id: r.get(0)?,
+                    person_id: r.get(1)?,
+                    scheme: r.get(2)?,
+                    value: r.get(3)?,
+                    linked_by: r.get(4)?,
+                    linked_at: instant(r, 5)?,
+                })
+            },
+        )?;
+        Ok(Some((row, identifiers)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_sqlite_file_is_read_inline() {
+        let counter = Arc::new(AtomicU64::new(0));
+        assert!(SqliteReads::open("postgres://postgres@127.0.0.1/test", counter.clone()).is_none());
+        assert!(SqliteReads::open("sqlite::memory:", counter.clone()).is_none());
+        assert!(SqliteReads::open("sqlite://x.db?mode=memory", counter.clone()).is_none());
+        let reads = SqliteReads::open("sqlite:///tmp/store.db?mode=rwc", counter).unwrap();
+        assert_eq!(reads.path, PathBuf::from("/tmp/store.db"));
+    }
+
+    #[test]
+    fn placeholders_match_the_values() {
+        assert_eq!(marks(1), "?");
+        assert_eq!(marks(3), "?, ?, ?");
+    }
+}
