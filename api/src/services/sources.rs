@@ -357,16 +357,18 @@ async fn live(
     let ttl = chrono::Duration::seconds(
         i64::try_from(connector.settings().cache_ttl_secs).unwrap_or(i64::MAX / 2),
     );
-    if let Some((records, meta)) = &snapshot
-        && ttl > chrono::Duration::zero()
-        && Utc::now() - meta.fetched_at < ttl
-    {
-        return Ok(with_records(
-            input(connector, SourceStatus::Fresh),
-            records.clone(),
-            meta.clone(),
-        ));
-    }
+    let young =
+        |meta: &SourceMeta| ttl > chrono::Duration::zero() && Utc::now() - meta.fetched_at < ttl;
+    let snapshot = match snapshot {
+        Some((records, meta)) if young(&meta) => {
+            return Ok(with_records(
+                input(connector, SourceStatus::Fresh),
+                records,
+                meta,
+            ));
+        }
+        other => other,
+    };
     match connector.fetch(subject).await {
         Ok(records)
             if let Some((stored, meta)) = snapshot.as_ref().filter(|(_, meta)| {
