@@ -12,12 +12,6 @@ use tributary::config::Settings;
 use tributary::services::sync;
 use tributary::{Application, db, demo, graphql, telemetry};
 
-/// mimalloc rather than glibc's malloc: a served query allocates and frees thousands of small
-/// values across threads (request, GraphQL tree, JSON), and glibc's arenas were the largest
-/// user-space cost in the benchmark's profile.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_json);

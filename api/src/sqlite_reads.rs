@@ -9,7 +9,8 @@
 //! by whichever task needs it, so a read is a function call. Writes stay on sea-orm, in
 //! transactions.
 //!
-//! Each connection is `query_only`, so nothing here can write. In WAL mode a reader never waits
+//! Each connection is `query_only`, so nothing here can write. No memory map: a mapped file's
+//! pages count in the server's resident memory, and a caseload's store is larger than its budget. In WAL mode a reader never waits
 //! for the writer; the busy timeout covers only the rare moment SQLite rebuilds its WAL index.
 //! A file-backed SQLite store is required: an in-memory database is private to its connection,
 //! so [`SqliteReads::open`] declines it and the sea-orm path serves those reads.
@@ -113,9 +114,6 @@ impl SqliteReads {
         )?;
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.pragma_update(None, "query_only", true)?;
-        // Pages are read from a memory map of the file rather than copied in by read(2):
-        // every audit write invalidates each reader's page cache, so this is most reads.
-        connection.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
         connection.pragma_update(None, "cache_size", -8192)?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(connection)
