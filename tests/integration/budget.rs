@@ -749,3 +749,35 @@ async fn inline_sqlite_reads_return_exactly_what_sea_orm_reads() {
     // Every inline statement is counted with the rest (the batching test relies on it).
     assert!(counter.load(std::sync::atomic::Ordering::SeqCst) >= 27);
 }
+
+/// A first view asks the three live partners at once and keeps their answers in one
+/// transaction: one read of the stored versions and one write per snapshot, not a read and
+/// a write (and a commit, and a turn at the write lock) for each partner.
+#[tokio::test]
+async fn a_first_view_keeps_its_partners_answers_in_one_transaction() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = spawn_app(backend).await;
+        let ids = app.register_world().await;
+        let cost = |app: &TestApp| app.queries.load(std::sync::atomic::Ordering::SeqCst);
+        let before = cost(&app);
+        let first = app.budget(&ids[0]).await;
+        let after_first = cost(&app);
+        let second = app.budget(&ids[0]).await;
+        let after_second = cost(&app);
+        assert_eq!(
+            first, second,
+            "{backend:?}: the kept answers are served next time"
+        );
+        assert_eq!(
+            app.count("upstream_snapshots").await,
+            3,
+            "{backend:?}: three live partners, three snapshots"
+        );
+        // Served from the snapshots the second time; the difference is the keeping.
+        let keeping = (after_first - before) - (after_second - after_first);
+        assert!(
+            keeping <= 4,
+            "{backend:?}: keeping three answers cost {keeping} queries (one read of the stored versions and three writes expected)"
+        );
+    }
+}

@@ -343,14 +343,22 @@ fn with_records(mut stream: StreamInput, records: PersonRecords, meta: SourceMet
     stream
 }
 
+/// What asking one live stream came to, before anything is stored.
+enum Asked {
+    /// Served as it is: a young snapshot, a newer stored one, a stale one after a failure, or
+    /// nothing.
+    Done(StreamInput),
+    /// A good answer, stored with the view's other answers in one transaction (see [`keep`]).
+    Fetched(StreamInput, PersonRecords),
+}
+
 /// One live stream for one person: a young snapshot is served as it is; otherwise the partner
 /// is asked, and if it fails the last snapshot is served STALE.
 async fn live(
-    db: &DatabaseConnection,
     store: &dyn StoreReader,
     connector: &dyn Connector,
     subject: &Subject,
-) -> ApiResult<StreamInput> {
+) -> ApiResult<Asked> {
     let id = connector.settings().id.0.clone();
     let key = subject.key();
     let snapshot = store.snapshot(&id, &key).await?;
@@ -361,11 +369,11 @@ async fn live(
         |meta: &SourceMeta| ttl > chrono::Duration::zero() && Utc::now() - meta.fetched_at < ttl;
     let snapshot = match snapshot {
         Some((records, meta)) if young(&meta) => {
-            return Ok(with_records(
+            return Ok(Asked::Done(with_records(
                 input(connector, SourceStatus::Fresh),
                 records,
                 meta,
-            ));
+            )));
         }
         other => other,
     };
@@ -377,35 +385,16 @@ async fn live(
         {
             // The partner answered with an older version than the one already held: the
             // newer snapshot stands.
-            Ok(with_records(
+            Ok(Asked::Done(with_records(
                 input(connector, SourceStatus::Fresh),
                 stored.clone(),
                 meta.clone(),
-            ))
+            )))
         }
-        Ok(records) => match store_snapshot(db, &id, &records).await {
-            Ok((meta, _)) => Ok(with_records(
-                input(connector, SourceStatus::Fresh),
-                records,
-                meta,
-            )),
-            // The partner answered: a store that cannot keep the snapshot now degrades only
-            // the keeping, not this answer.
-            Err(error) => {
-                tracing::warn!(stream = %id, error = %error, "storing a snapshot failed; serving the answer unstored");
-                let meta = SourceMeta {
-                    connector: id.clone(),
-                    version: records.version.clone(),
-                    fetched_at: Utc::now(),
-                    content_hash: content_hash(&records_json(&records)?),
-                };
-                Ok(with_records(
-                    input(connector, SourceStatus::Fresh),
-                    records,
-                    meta,
-                ))
-            }
-        },
+        Ok(records) => Ok(Asked::Fetched(
+            input(connector, SourceStatus::Fresh),
+            records,
+        )),
         Err(error) => {
             tracing::warn!(stream = %id, error = %error, "partner fetch failed");
             match snapshot {
@@ -413,12 +402,12 @@ async fn live(
                     let mut stream =
                         with_records(input(connector, SourceStatus::Stale), records, meta);
                     stream.problem = Some(error.to_string());
-                    Ok(stream)
+                    Ok(Asked::Done(stream))
                 }
                 None => {
                     let mut stream = input(connector, SourceStatus::Unavailable);
                     stream.problem = Some(error.to_string());
-                    Ok(stream)
+                    Ok(Asked::Done(stream))
                 }
             }
         }
@@ -513,12 +502,65 @@ pub async fn gather(
             let subject = connector.subject(identifiers)?;
             Some(async move {
                 match connector.shape() {
-                    Shape::Live => live(db, store, connector.as_ref(), &subject).await,
-                    Shape::Bulk => bulk(store, connector.as_ref(), &subject).await,
+                    Shape::Live => live(store, connector.as_ref(), &subject).await,
+                    Shape::Bulk => bulk(store, connector.as_ref(), &subject)
+                        .await
+                        .map(Asked::Done),
                 }
             })
         });
-    futures::future::join_all(tasks).await.into_iter().collect()
+    let mut streams = Vec::new();
+    let mut fetched = Vec::new();
+    for asked in futures::future::join_all(tasks).await {
+        match asked? {
+            Asked::Done(stream) => streams.push(Some(stream)),
+            Asked::Fetched(stream, records) => {
+                fetched.push((streams.len(), stream, records));
+                streams.push(None);
+            }
+        }
+    }
+    for (at, stream) in keep(db, fetched).await? {
+        streams[at] = Some(stream);
+    }
+    Ok(streams.into_iter().flatten().collect())
+}
+
+/// Stores a view's good answers as snapshots in one transaction (one write turn, one commit,
+/// not one for each partner) and completes their streams. The partners answered: a store that
+/// cannot keep the snapshots now degrades only the keeping, not the answers.
+async fn keep(
+    db: &DatabaseConnection,
+    fetched: Vec<(usize, StreamInput, PersonRecords)>,
+) -> ApiResult<Vec<(usize, StreamInput)>> {
+    if fetched.is_empty() {
+        return Ok(Vec::new());
+    }
+    let batch: Vec<(&str, &PersonRecords)> = fetched
+        .iter()
+        .map(|(_, stream, records)| (stream.id.as_str(), records))
+        .collect();
+    let metas = match store_snapshots(db, &batch).await {
+        Ok(stored) => stored.into_iter().map(|(meta, _)| meta).collect(),
+        Err(error) => {
+            tracing::warn!(error = %error, "storing snapshots failed; serving the answers unstored");
+            let mut metas = Vec::with_capacity(fetched.len());
+            for (_, stream, records) in &fetched {
+                metas.push(SourceMeta {
+                    connector: stream.id.clone(),
+                    version: records.version.clone(),
+                    fetched_at: Utc::now(),
+                    content_hash: content_hash(&records_json(records)?),
+                });
+            }
+            metas
+        }
+    };
+    Ok(fetched
+        .into_iter()
+        .zip(metas)
+        .map(|((at, stream, records), meta)| (at, with_records(stream, records, meta)))
+        .collect())
 }
 
 /// One award as last stored (never asking the partner), with its entitlement in `window`:
