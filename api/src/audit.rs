@@ -86,10 +86,16 @@ impl std::fmt::Debug for PendingReads {
 }
 
 impl ReadRecorder {
-    /// Starts the writer task on the current Tokio runtime.
-    pub fn start(db: DatabaseConnection) -> Self {
+    /// Starts the writer task on the current Tokio runtime. With a SQLite file store
+    /// (`local`), the group is written by a connection of the writer's own on a blocking
+    /// thread (see [`SqliteGroupWriter`]); otherwise through sea-orm.
+    pub fn start(
+        db: DatabaseConnection,
+        local: Option<std::sync::Arc<crate::sqlite_reads::SqliteReads>>,
+    ) -> Self {
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<PendingReads>(4 * MAX_GROUP);
         tokio::spawn(async move {
+            let mut sqlite = local.map(|l| SqliteGroupWriter::new(l.path().to_path_buf()));
             let mut group = Vec::with_capacity(MAX_GROUP);
             while let Some(first) = receiver.recv().await {
                 group.push(first);
@@ -99,7 +105,11 @@ impl ReadRecorder {
                         Err(_) => break,
                     }
                 }
-                let outcome = write_group(&db, &group).await.map_err(|e| {
+                let outcome = match sqlite.as_mut() {
+                    Some(writer) => writer.write(&mut group).await,
+                    None => write_group(&db, &group).await,
+                };
+                let outcome = outcome.map_err(|e| {
                     tracing::error!(error = ?e, requests = group.len(), "recording reads failed");
                     e.to_string()
                 });
@@ -213,17 +223,18 @@ async fn append_groups(
     Ok(())
 }
 
-fn event_row(
+/// The next event's id, time, serialised detail and hash, chained from `prev_hash`.
+fn next_event(
     seq: i64,
     prev_hash: &str,
     actor: &Principal,
     event: &NewEvent<'_>,
-) -> (audit_event::ActiveModel, String) {
+) -> (String, DateTime<Utc>, String, String) {
     // Microseconds: what PostgreSQL keeps, so the hash still matches once stored.
     let at = Utc::now().trunc_subsecs(6);
     let id = uuid::Uuid::now_v7().to_string();
     let detail = event.detail.to_string();
-    let fields = EventFields {
+    let hash = EventFields {
         seq,
         id: &id,
         at,
@@ -235,8 +246,18 @@ fn event_row(
         detail: &detail,
         purpose: actor.purpose.as_deref(),
         request_id: &actor.request_id,
-    };
-    let hash = fields.hash(prev_hash);
+    }
+    .hash(prev_hash);
+    (id, at, detail, hash)
+}
+
+fn event_row(
+    seq: i64,
+    prev_hash: &str,
+    actor: &Principal,
+    event: &NewEvent<'_>,
+) -> (audit_event::ActiveModel, String) {
+    let (id, at, detail, hash) = next_event(seq, prev_hash, actor, event);
     let row = audit_event::ActiveModel {
         seq: Set(seq),
         id: Set(id),
@@ -253,6 +274,122 @@ fn event_row(
         hash: Set(hash.clone()),
     };
     (row, hash)
+}
+
+/// The group commit of [`ReadRecorder`] on a SQLite file store. Through sqlx a group costs six
+/// statements, each a round trip to the connection's own thread; here the writer hands the
+/// whole group to a blocking thread once, which appends it in one immediate transaction on a
+/// connection of its own. It takes this process's SQLite write turn first, like every writer
+/// (see `db::begin_write`), and stores what sea-orm would store, so `verify` and every read
+/// see the same chain.
+struct SqliteGroupWriter {
+    path: std::path::PathBuf,
+    connection: Option<rusqlite::Connection>,
+}
+
+impl SqliteGroupWriter {
+    fn new(path: std::path::PathBuf) -> Self {
+        Self {
+            path,
+            connection: None,
+        }
+    }
+
+    async fn write(&mut self, group: &mut Vec<PendingReads>) -> ApiResult<()> {
+        let turn = crate::db::sqlite_write_turn().await;
+        let path = self.path.clone();
+        let connection = self.connection.take();
+        let pending = std::mem::take(group);
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcome = match connection {
+                Some(c) => Ok(c),
+                None => open_writer(&path),
+            }
+            .and_then(|mut c| {
+                let written = append_sqlite(&mut c, &pending);
+                written.map(|()| c)
+            });
+            (outcome, pending)
+        })
+        .await;
+        drop(turn);
+        let (outcome, pending) =
+            joined.map_err(|e| ApiError::internal(e, "the audit writer's thread stopped"))?;
+        *group = pending;
+        match outcome {
+            Ok(connection) => {
+                self.connection = Some(connection);
+                Ok(())
+            }
+            // The connection is dropped (its transaction rolled back) and a new one is
+            // opened for the next group.
+            Err(e) => Err(ApiError::internal(e, "recording reads in the audit log")),
+        }
+    }
+}
+
+fn open_writer(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let connection = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(std::time::Duration::from_secs(15))?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "foreign_keys", true)?;
+    Ok(connection)
+}
+
+/// Appends every pending request's reads, in arrival order, in one transaction.
+fn append_sqlite(
+    connection: &mut rusqlite::Connection,
+    group: &[PendingReads],
+) -> rusqlite::Result<()> {
+    let txn = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (mut seq, mut prev): (i64, String) =
+        txn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    {
+        let mut insert = txn.prepare_cached(
+            "INSERT INTO audit_events (seq, id, at, actor_sub, actor_role, agency, person_id, \
+             action, detail, purpose, request_id, prev_hash, hash) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )?;
+        for pending in group {
+            let actor = &pending.actor;
+            for (person, what) in &pending.reads {
+                seq += 1;
+                let event = NewEvent {
+                    action: what,
+                    person_id: person.as_deref(),
+                    detail: Value::Null,
+                };
+                let (id, at, detail, hash) = next_event(seq, &prev, actor, &event);
+                insert.execute(rusqlite::params![
+                    seq,
+                    id,
+                    // As sqlx writes a DateTime<Utc> to SQLite.
+                    at.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+                    actor.sub,
+                    actor.role.as_str(),
+                    actor.agency,
+                    event.person_id,
+                    event.action,
+                    detail,
+                    actor.purpose,
+                    actor.request_id,
+                    prev,
+                    hash,
+                ])?;
+                prev = hash;
+            }
+        }
+    }
+    txn.execute(
+        "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
+        rusqlite::params![seq, prev],
+    )?;
+    txn.commit()
 }
 
 /// The fields an event's hash covers, in a fixed order.

@@ -79,6 +79,12 @@ impl WriteTxn {
     }
 }
 
+/// Waits for this process's SQLite write turn (see [`begin_write`]), for a writer that does
+/// not go through sea-orm.
+pub async fn sqlite_write_turn() -> tokio::sync::OwnedMutexGuard<()> {
+    SQLITE_WRITE_TURN.clone().lock_owned().await
+}
+
 /// Begins a writing transaction (see [`WriteTxn`]).
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTxn, DbErr> {
     let turn = match db.get_database_backend() {

@@ -107,6 +107,11 @@ impl SqliteReads {
         })
     }
 
+    /// The store's file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     fn connect(&self) -> rusqlite::Result<Connection> {
         let connection = Connection::open_with_flags(
             &self.path,

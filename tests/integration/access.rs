@@ -1,5 +1,6 @@
 //! Access the person owns: tokens, roles, consent, the audit chain and the limits, over HTTP.
 
+use futures::FutureExt as _;
 use std::sync::atomic::Ordering;
 
 use base64::Engine;
@@ -829,6 +830,56 @@ async fn two_hub_instances_on_one_database_keep_one_chain(backend: Backend) {
 }
 
 tributary_tests::on_both_backends!(two_hub_instances_on_one_database_keep_one_chain);
+
+/// Reads are group-committed to the chain (on a SQLite file, by the writer's own connection)
+/// while registrations write theirs, on two instances at once: one chain, no gap, and every
+/// read recorded against its person.
+async fn concurrent_reads_and_writes_record_every_read_in_one_chain(backend: Backend) {
+    let first = spawn_app(backend).await;
+    let second = tributary_tests::spawn_second_instance(&first).await;
+    let ids = first.register_world().await;
+    let people = &ids[..20];
+    let reads = people
+        .iter()
+        .flat_map(|id| [(&first, id), (&second, id)])
+        .map(|(app, id)| async move { app.budget(id).await });
+    let writes = (0..8).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        async move {
+            app.gql(
+                tributary_tests::REGISTER,
+                json!({ "input": { "givenName": "P", "familyName": format!("C{i}"), "dateOfBirth": "1980-01-01", "identifiers": [] } }),
+            )
+            .await
+            .data();
+        }
+    });
+    let (budgets, ()) = tokio::join!(
+        futures::future::join_all(reads),
+        futures::future::join_all(writes).map(|_| ())
+    );
+    assert!(budgets.iter().all(|b| b["net"]["amount"].is_string()));
+    for id in people {
+        let budget_reads = first
+            .actions_for(id)
+            .await
+            .iter()
+            .filter(|a| *a == "budget.read")
+            .count();
+        assert_eq!(
+            budget_reads, 2,
+            "two budget reads of each person are recorded"
+        );
+    }
+    match audit::verify(&first.db).await.unwrap() {
+        ChainStatus::Holds { events, .. } => {
+            assert_eq!(events, first.count("audit_events").await);
+        }
+        broken => panic!("{broken:?}"),
+    }
+}
+
+tributary_tests::on_both_backends!(concurrent_reads_and_writes_record_every_read_in_one_chain);
 
 #[tokio::test]
 async fn a_consent_for_nobody_is_not_found_and_writes_nothing() {
