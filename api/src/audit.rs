@@ -331,7 +331,9 @@ impl SqliteGroupWriter {
 fn open_writer(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
     let connection = rusqlite::Connection::open_with_flags(
         path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI,
     )?;
     connection.busy_timeout(std::time::Duration::from_secs(15))?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;

@@ -88,10 +88,12 @@ fn optional_date(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<NaiveDa
 }
 
 impl SqliteReads {
-    /// Inline readers for the store at `url`, or `None` when it is not a SQLite file (a
-    /// PostgreSQL URL, or an in-memory SQLite database no other connection can see).
+    /// Inline readers for the store at `url`, or `None` when it is not a writable SQLite
+    /// file: a PostgreSQL URL, an in-memory database no other connection can see, another VFS,
+    /// or a store opened read-only or immutable (the audit writer must not write to those).
     pub fn open(url: &str, queries: Arc<AtomicU64>) -> Option<Self> {
-        if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        let declined = [":memory:", "mode=memory", "mode=ro", "vfs=", "immutable="];
+        if !url.starts_with("sqlite:") || declined.iter().any(|d| url.contains(d)) {
             return None;
         }
         let options = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
@@ -115,7 +117,9 @@ impl SqliteReads {
     fn connect(&self) -> rusqlite::Result<Connection> {
         let connection = Connection::open_with_flags(
             &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
         )?;
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.pragma_update(None, "query_only", true)?;
@@ -386,6 +390,9 @@ mod tests {
         assert!(SqliteReads::open("postgres://postgres@127.0.0.1/test", counter.clone()).is_none());
         assert!(SqliteReads::open("sqlite::memory:", counter.clone()).is_none());
         assert!(SqliteReads::open("sqlite://x.db?mode=memory", counter.clone()).is_none());
+        assert!(SqliteReads::open("sqlite://x.db?mode=ro", counter.clone()).is_none());
+        assert!(SqliteReads::open("sqlite://x.db?immutable=true", counter.clone()).is_none());
+        assert!(SqliteReads::open("sqlite://x.db?vfs=memdb", counter.clone()).is_none());
         let reads = SqliteReads::open("sqlite:///tmp/store.db?mode=rwc", counter).unwrap();
         assert_eq!(reads.path, PathBuf::from("/tmp/store.db"));
     }

@@ -94,7 +94,12 @@ impl Application {
         queries: Arc<AtomicU64>,
     ) -> anyhow::Result<Self> {
         // A SQLite file's served reads run inline (see `sqlite_reads`); counted with the rest.
-        let local = crate::sqlite_reads::SqliteReads::open(&settings.database.url, queries.clone())
+        // Only when the store handed in is SQLite: the URL alone could name another store.
+        let local = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
+            .then(|| {
+                crate::sqlite_reads::SqliteReads::open(&settings.database.url, queries.clone())
+            })
+            .flatten()
             .map(Arc::new);
         let registry = Arc::new(
             Registry::build(&settings.connectors, secrets)

@@ -758,7 +758,9 @@ async fn a_first_view_keeps_its_partners_answers_in_one_transaction() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let app = spawn_app(backend).await;
         let ids = app.register_world().await;
-        let cost = |app: &TestApp| app.queries.load(std::sync::atomic::Ordering::SeqCst);
+        let cost = |app: &TestApp| {
+            i64::try_from(app.queries.load(std::sync::atomic::Ordering::SeqCst)).unwrap()
+        };
         let before = cost(&app);
         let first = app.budget(&ids[0]).await;
         let after_first = cost(&app);
