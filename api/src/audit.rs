@@ -147,17 +147,22 @@ impl ReadRecorder {
     }
 }
 
+/// The event recording that a request read `action` (of `person_id`'s data).
+fn read_event<'a>(person_id: Option<&'a str>, action: &'a str) -> NewEvent<'a> {
+    NewEvent {
+        action,
+        person_id,
+        detail: Value::Null,
+    }
+}
+
 async fn write_group(db: &DatabaseConnection, group: &[PendingReads]) -> ApiResult<()> {
     let events: Vec<Vec<NewEvent<'_>>> = group
         .iter()
         .map(|p| {
             p.reads
                 .iter()
-                .map(|(person, what)| NewEvent {
-                    action: what,
-                    person_id: person.as_deref(),
-                    detail: Value::Null,
-                })
+                .map(|(person, what)| read_event(person.as_deref(), what))
                 .collect()
         })
         .collect();
@@ -361,11 +366,7 @@ fn append_sqlite(
             let actor = &pending.actor;
             for (person, what) in &pending.reads {
                 seq += 1;
-                let event = NewEvent {
-                    action: what,
-                    person_id: person.as_deref(),
-                    detail: Value::Null,
-                };
+                let event = read_event(person.as_deref(), what);
                 let (id, at, detail, hash) = next_event(seq, &prev, actor, &event);
                 insert.execute(rusqlite::params![
                     seq,

@@ -95,12 +95,12 @@ impl Application {
     ) -> anyhow::Result<Self> {
         // A SQLite file's served reads run inline (see `sqlite_reads`); counted with the rest.
         // Only when the store handed in is SQLite: the URL alone could name another store.
-        let local = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
-            .then(|| {
-                crate::sqlite_reads::SqliteReads::open(&settings.database.url, queries.clone())
-            })
-            .flatten()
-            .map(Arc::new);
+        let local = if db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+            crate::sqlite_reads::SqliteReads::open(&settings.database.url, queries.clone())
+                .map(Arc::new)
+        } else {
+            None
+        };
         let registry = Arc::new(
             Registry::build(&settings.connectors, secrets)
                 .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?,

@@ -47,21 +47,10 @@ fn records_json(records: &PersonRecords) -> ApiResult<String> {
     serde_json::to_string(records).map_err(|e| ApiError::internal(e, "serialising fetched records"))
 }
 
-/// Stores a good fetch as the subject's snapshot (one row per connector and subject, replaced
-/// whole), with its rejected records kept aside.
-pub async fn store_snapshot(
-    db: &DatabaseConnection,
-    connector: &str,
-    records: &PersonRecords,
-) -> ApiResult<(SourceMeta, Stored)> {
-    let mut stored = store_snapshots(db, &[(connector, records)]).await?;
-    stored
-        .pop()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a stored snapshot went missing")))
-}
-
-/// Stores many good fetches in one transaction (a sync stores its people in batches): each
-/// replaces its subject's snapshot unless the stored one is newer by the partner's version.
+/// Stores good fetches as their subjects' snapshots (one row per connector and subject,
+/// replaced whole, with rejected records kept aside) in one transaction: a view's partners
+/// together, a sync's people in batches. Each replaces its subject's snapshot unless the stored
+/// one is newer by the partner's version.
 /// The stored version is read inside the transaction, so a lagging answer can never overwrite
 /// a newer snapshot written in between.
 pub async fn store_snapshots(
