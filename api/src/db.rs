@@ -21,6 +21,9 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false)
+        // sqlx pings a connection on every acquire by default: a second round trip per
+        // statement. Only a connection idle for a while is tested before use.
+        .test_before_acquire_if_idle_for(Duration::from_secs(30))
         // WAL lets readers go on while one writer commits; writers queue on the busy timeout.
         .map_sqlx_sqlite_opts(|opts| {
             opts.journal_mode(SqliteJournalMode::Wal)
@@ -31,13 +34,20 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
                 // index pages stay cached while 100,000 rows go in.
                 .pragma("cache_size", "-8192")
         })
-        // Plan each statement with its values. A generic plan cached while a table was small
-        // (a fresh database during its first sync) stays a sequential scan as the table grows:
-        // the benchmark saw a sync slow to a crawl at 100,000 people.
-        .map_sqlx_postgres_opts(|opts| opts.options([("plan_cache_mode", "force_custom_plan")]));
+        .map_sqlx_postgres_opts(tune_postgres);
     Database::connect(options)
         .await
         .context("failed to connect to the database named by database.url")
+}
+
+/// What every PostgreSQL connection of the hub sets: plan each statement with its values. A
+/// generic plan cached while a table was small (a fresh database during its first sync) stays
+/// a sequential scan as the table grows: the benchmark saw a sync slow to a crawl at 100,000
+/// people.
+pub fn tune_postgres(
+    options: sea_orm::sqlx::postgres::PgConnectOptions,
+) -> sea_orm::sqlx::postgres::PgConnectOptions {
+    options.options([("plan_cache_mode", "force_custom_plan")])
 }
 
 /// Applies every pending migration.

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod graphql;
 pub mod limits;
+pub mod pg_reads;
 pub mod services;
 pub mod sqlite_reads;
 pub mod startup;

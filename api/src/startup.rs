@@ -27,6 +27,7 @@ struct HttpState {
     schema: TributarySchema,
     auth: Arc<Authenticator>,
     db: DatabaseConnection,
+    reader: crate::pg_reads::Reader,
     local: Option<Arc<crate::sqlite_reads::SqliteReads>>,
     reads: crate::audit::ReadRecorder,
     documents: limits::DocumentCache,
@@ -101,6 +102,17 @@ impl Application {
         } else {
             None
         };
+        // PostgreSQL's served reads run on connections of their own (see `pg_reads`).
+        let reader = match crate::pg_reads::PgReads::open(
+            &settings.database.url,
+            settings.database.max_connections,
+            queries.clone(),
+        ) {
+            Some(pg) if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres => {
+                crate::pg_reads::Reader::Postgres(Arc::new(pg))
+            }
+            _ => crate::pg_reads::Reader::Pool(db.clone()),
+        };
         let registry = Arc::new(
             Registry::build(&settings.connectors, secrets)
                 .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?,
@@ -126,6 +138,7 @@ impl Application {
                 db: db.clone(),
                 connectors: settings.connectors.clone(),
                 registry: registry.clone(),
+                reader: reader.clone(),
                 local: local.clone(),
                 anchors: match (&settings.audit.anchor_dir, settings.anchor_key()?) {
                     (Some(dir), Some(key)) => Some((dir.clone(), key)),
@@ -140,6 +153,7 @@ impl Application {
             auth: Arc::new(auth),
             db: db.clone(),
             reads: crate::audit::ReadRecorder::start(db.clone(), local.clone()),
+            reader,
             local,
             documents: limits::DocumentCache::default(),
             rate: TokenRate::new(&settings.limits),
@@ -317,7 +331,7 @@ async fn graphql(
             request
                 .data(principal.clone())
                 .data(crate::graphql::loaders::Loaders::new(
-                    &state.db,
+                    &state.reader,
                     state.local.clone(),
                 ))
                 .data(reads.clone()),

@@ -48,6 +48,9 @@ struct Args {
     /// Skip the PostgreSQL half.
     #[arg(long)]
     no_postgres: bool,
+    /// Skip the SQLite half (and so the peer gateway, which runs against it).
+    #[arg(long)]
+    no_sqlite: bool,
     /// Skip the peer gateway.
     #[arg(long)]
     no_peer: bool,
@@ -164,18 +167,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     ));
 
-    let mut backends = vec![(
-        "sqlite".to_owned(),
-        format!(
-            "sqlite://{}?mode=rwc",
-            scratch.path().join("bench.db").display()
-        ),
-    )];
+    let mut backends = Vec::new();
+    if args.no_sqlite {
+        report.note("SQLite half skipped (--no-sqlite)");
+    } else {
+        backends.push((
+            "sqlite".to_owned(),
+            format!(
+                "sqlite://{}?mode=rwc",
+                scratch.path().join("bench.db").display()
+            ),
+        ));
+    }
     if args.no_postgres {
         report.note("PostgreSQL half skipped (--no-postgres)");
     } else {
         match served::postgres_database(&args.postgres).await {
-            Ok(url) => backends.push(("postgres".to_owned(), url)),
+            Ok(url) => {
+                if url.contains("sslmode=disable") {
+                    report.note(
+                        "PostgreSQL is on loopback, so the hub connects without TLS (sslmode=disable)",
+                    );
+                }
+                backends.push(("postgres".to_owned(), url));
+            }
             Err(e) => report.note(format!("PostgreSQL half skipped: {e:#}")),
         }
     }
@@ -202,7 +217,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     if args.no_peer {
         report.note("peer gateway skipped (--no-peer)");
-    } else if let Some(sqlite) = summaries.first() {
+    } else if let Some(sqlite) = summaries.iter().find(|s| s.backend == "sqlite") {
         eprintln!("peer gateway");
         if let Err(e) = peer::side_by_side(
             &args,
@@ -218,6 +233,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         {
             report.note(format!("the peer comparison could not run: {e:#}"));
         }
+    } else {
+        report.note("peer gateway skipped: it runs against the SQLite half");
     }
 
     for (backend, url) in &backends {

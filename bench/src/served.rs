@@ -105,7 +105,22 @@ pub async fn postgres_database(base: &str) -> anyhow::Result<String> {
     admin
         .execute_unprepared(&format!("CREATE DATABASE {name}"))
         .await?;
-    Ok(format!("{base}/{name}"))
+    // On loopback the hub and the server share a machine, and TLS would protect nothing: a
+    // deployment like that connects without it (across a network, use sslmode=verify-full).
+    let local = [
+        "@127.0.0.1",
+        "@localhost",
+        "@[::1]",
+        "//127.0.0.1",
+        "//localhost",
+        "//[::1]",
+    ];
+    let tls = if local.iter().any(|l| base.contains(l)) {
+        "?sslmode=disable"
+    } else {
+        ""
+    };
+    Ok(format!("{base}/{name}{tls}"))
 }
 
 /// Drops a database made by [`postgres_database`].
@@ -113,6 +128,7 @@ pub async fn drop_postgres_database(base: &str, url: &str) {
     let Some(name) = url.rsplit('/').next() else {
         return;
     };
+    let name = name.split('?').next().unwrap_or(name);
     if let Ok(admin) = sea_orm::Database::connect(format!("{base}/postgres")).await {
         let _ = admin
             .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -750,6 +750,130 @@ async fn inline_sqlite_reads_return_exactly_what_sea_orm_reads() {
     assert!(counter.load(std::sync::atomic::Ordering::SeqCst) >= 27);
 }
 
+/// PostgreSQL's served reads (`pg_reads`) run sea-orm's own statements on connections of
+/// their own: they return exactly what the pool returns, count with the rest, and cannot
+/// write, whether asked through sea-orm or with a statement of their own.
+#[tokio::test]
+async fn postgres_readers_read_what_the_pool_reads_and_cannot_write() {
+    use entities::{person, person_identifier, plan_item, upstream_snapshot};
+    use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder, Statement};
+
+    let app = spawn_app(Backend::Postgres).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let split = json!([
+        { "streamId": "la-social-care", "percent": "60" },
+        { "streamId": "phb", "percent": "40" }
+    ]);
+    app.gql_as(Some(&token), None, ADD, wheelchair(&ids[0], split))
+        .await
+        .data();
+    app.budget(&ids[0]).await;
+
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reads = tributary::pg_reads::PgReads::open(&app.database_url, 4, counter.clone())
+        .expect("a PostgreSQL store has readers of its own");
+    assert!(tributary::pg_reads::PgReads::open("sqlite://x.db", 4, counter.clone()).is_none());
+
+    let people = person::Entity::find()
+        .order_by_asc(person::Column::Id)
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(people.len(), ids.len());
+    let read = person::Entity::find()
+        .order_by_asc(person::Column::Id)
+        .all(&reads)
+        .await
+        .unwrap();
+    assert_eq!(read, people);
+    let identifiers = person_identifier::Entity::find()
+        .order_by_asc(person_identifier::Column::Id)
+        .all(&reads)
+        .await
+        .unwrap();
+    assert_eq!(
+        identifiers,
+        person_identifier::Entity::find()
+            .order_by_asc(person_identifier::Column::Id)
+            .all(&app.db)
+            .await
+            .unwrap()
+    );
+    let snapshots = upstream_snapshot::Entity::find()
+        .order_by_asc(upstream_snapshot::Column::Id)
+        .all(&reads)
+        .await
+        .unwrap();
+    assert!(!snapshots.is_empty());
+    assert_eq!(
+        snapshots,
+        upstream_snapshot::Entity::find()
+            .order_by_asc(upstream_snapshot::Column::Id)
+            .all(&app.db)
+            .await
+            .unwrap()
+    );
+    let items = plan_item::Entity::find().all(&reads).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items, plan_item::Entity::find().all(&app.db).await.unwrap());
+    let one = person::Entity::find_by_id(ids[1].clone())
+        .one(&reads)
+        .await
+        .unwrap();
+    assert_eq!(one.as_ref().map(|p| &p.id), Some(&ids[1]));
+    assert_eq!(counter.load(std::sync::atomic::Ordering::SeqCst), 5);
+
+    // No writing: sea-orm's writes are refused here, and a writing statement sent as a query
+    // is refused by the server (the sessions are read-only).
+    assert!(
+        reads
+            .execute_unprepared("DELETE FROM persons")
+            .await
+            .is_err()
+    );
+    let delete = Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "DELETE FROM persons RETURNING id",
+    );
+    let refused = reads.query_all_raw(delete).await.unwrap_err();
+    assert!(refused.to_string().contains("read-only"), "{refused}");
+    assert_eq!(app.count("persons").await, ids.len() as i64);
+}
+
+/// A reader whose session the server ended (a restart, an idle timeout, an administrator) is
+/// replaced: the read is asked again on a new connection, and the request does not fail.
+#[tokio::test]
+async fn a_postgres_reader_whose_session_ended_reads_on_a_new_one() {
+    let app = spawn_app(Backend::Postgres).await;
+    let ids = app.register_world().await;
+    let before = app.budget(&ids[0]).await;
+    let ended = |app: &TestApp| {
+        let sql = format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = '{}' AND datname = current_database()",
+            tributary::pg_reads::READER_NAME
+        );
+        let db = app.db.clone();
+        async move {
+            use sea_orm::ConnectionTrait;
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    sql,
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        }
+    };
+    assert!(ended(&app).await >= 1, "the server's readers had sessions");
+    let after = app.budget(&ids[0]).await;
+    assert_eq!(after["net"], before["net"]);
+    assert_eq!(after["streams"], before["streams"]);
+}
+
 /// A first view asks the three live partners at once and keeps their answers in one
 /// transaction: one read of the stored versions and one write per snapshot, not a read and
 /// a write (and a commit, and a turn at the write lock) for each partner.

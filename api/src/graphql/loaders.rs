@@ -8,10 +8,11 @@ use std::time::Duration;
 use async_graphql::dataloader::{DataLoader, Loader};
 use connectors::PersonRecords;
 use entities::{bulk_extract, bulk_record, rejected_record, upstream_snapshot};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::budget::assemble::SourceMeta;
 use crate::error::{ApiError, ApiResult};
+use crate::pg_reads::Reader;
 use crate::services::plan::{self, Item};
 use crate::services::sources::{StoreReader, decode_snapshot};
 use crate::sqlite_reads::SqliteReads;
@@ -47,10 +48,11 @@ fn by_first(keys: &[(String, String)]) -> HashMap<&str, Vec<&str>> {
     groups
 }
 
-/// Where a loader reads: the store through sea-orm, or a SQLite file inline.
+/// Where a loader reads: the store through sea-orm (on PostgreSQL, its own readers), or a
+/// SQLite file inline.
 #[derive(Clone)]
 struct Source {
-    db: DatabaseConnection,
+    db: Reader,
     local: Option<Arc<SqliteReads>>,
 }
 
@@ -234,7 +236,7 @@ pub struct Loaders {
 
 impl Loaders {
     /// Fresh loaders (each request gets its own, so nothing is cached across requests).
-    pub fn new(db: &DatabaseConnection, local: Option<Arc<SqliteReads>>) -> Self {
+    pub fn new(db: &Reader, local: Option<Arc<SqliteReads>>) -> Self {
         let source = Source {
             db: db.clone(),
             local,

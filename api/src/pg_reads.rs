@@ -1,0 +1,263 @@
+//! Reads of a PostgreSQL store on connections of their own, without sqlx's pool.
+//!
+//! sqlx's pool tests a connection with a ping (a full round trip to the server) every time it
+//! hands one back to the pool, and by default every time it hands one out as well. A served
+//! combined budget is about eight small indexed reads, so through the pool it cost three round
+//! trips a read, two of them empty; the benchmark's profile of the hub and the server was
+//! mostly the system calls and wake-ups those round trips cost on both sides. The served path's
+//! reads therefore go through [`PgReads`]: a few connections kept here, each used by one read
+//! at a time and put back as soon as the read's rows are in, so a read is one round trip. The
+//! statements are still sea-orm's (it implements [`ConnectionTrait`]), so the queries are the
+//! ones every other path runs, prepared once per connection.
+//!
+//! Each connection opens with `default_transaction_read_only`, so nothing here can write. A
+//! connection whose read failed, or whose read was abandoned half way (a client that went
+//! away), is closed rather than put back, since its state is unknown.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
+    Statement,
+};
+use sea_query_sqlx::SqlxValues;
+use tokio::sync::Semaphore;
+
+/// The `application_name` the readers' sessions carry (in `pg_stat_activity`).
+pub const READER_NAME: &str = "tributary-reader";
+
+/// How long a read waits for a free connection before it fails, as sqlx's pool would.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection idle longer than this is pinged before it is used (the server may have closed
+/// it meanwhile); one in steady use is not.
+const TEST_IF_IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// Readers over one PostgreSQL database.
+#[derive(Debug)]
+pub struct PgReads {
+    options: PgConnectOptions,
+    /// Connections not in use, each with the moment it was put back.
+    idle: std::sync::Mutex<Vec<(PgConnection, Instant)>>,
+    /// One permit per connection that may be open at once.
+    permits: Semaphore,
+    queries: Arc<AtomicU64>,
+}
+
+fn query_failed(e: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(Arc::new(e)))
+}
+
+fn read_only() -> DbErr {
+    DbErr::Custom("the served path's PostgreSQL readers do not write".into())
+}
+
+/// A connection lent to one read. It goes back to the idle list only through [`Lease::done`];
+/// dropped any other way (an error, or the read's future dropped mid-flight) it is closed.
+struct Lease<'a> {
+    reads: &'a PgReads,
+    connection: Option<PgConnection>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Lease<'_> {
+    fn connection(&mut self) -> Result<&mut PgConnection, DbErr> {
+        self.connection
+            .as_mut()
+            .ok_or_else(|| DbErr::Custom("a reader's connection was already returned".into()))
+    }
+
+    fn done(mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.reads
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((connection, Instant::now()));
+        }
+    }
+}
+
+impl PgReads {
+    /// Readers for the PostgreSQL database at `url` (tuned as [`crate::db::connect`] tunes
+    /// the pool), at most `max_connections` open at once. `None` when `url` is not PostgreSQL.
+    pub fn open(url: &str, max_connections: u32, queries: Arc<AtomicU64>) -> Option<Self> {
+        if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+            return None;
+        }
+        let options = crate::db::tune_postgres(PgConnectOptions::from_str(url).ok()?)
+            .options([("default_transaction_read_only", "on")])
+            .application_name(READER_NAME)
+            .disable_statement_logging();
+        let permits = usize::try_from(max_connections.max(1)).unwrap_or(1);
+        Some(Self {
+            options,
+            idle: std::sync::Mutex::new(Vec::new()),
+            permits: Semaphore::new(permits),
+            queries,
+        })
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
+        use sea_orm::ConnAcquireErr;
+        tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.acquire())
+            .await
+            .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?
+            .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed))
+    }
+
+    async fn connect(&self) -> Result<PgConnection, DbErr> {
+        PgConnection::connect_with(&self.options)
+            .await
+            .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))))
+    }
+
+    /// An idle connection, or a new one when none is idle.
+    async fn lease(&self) -> Result<Lease<'_>, DbErr> {
+        let permit = self.permit().await?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let idle = match idle {
+            Some((mut c, since)) if since.elapsed() > TEST_IF_IDLE_FOR => {
+                // A connection the server has closed is dropped, and a new one opened.
+                c.ping().await.is_ok().then_some(c)
+            }
+            other => other.map(|(c, _)| c),
+        };
+        let connection = match idle {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        Ok(Lease {
+            reads: self,
+            connection: Some(connection),
+            _permit: permit,
+        })
+    }
+
+    /// A new connection, whatever is idle.
+    async fn lease_new(&self) -> Result<Lease<'_>, DbErr> {
+        let permit = self.permit().await?;
+        Ok(Lease {
+            reads: self,
+            connection: Some(self.connect().await?),
+            _permit: permit,
+        })
+    }
+
+    async fn fetch_all(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let values = statement.values.unwrap_or(sea_orm::Values(Vec::new()));
+        let sql = statement.sql.as_str();
+        let run = |values| sqlx::query_with(sqlx::AssertSqlSafe(sql), SqlxValues(values));
+        let mut lease = self.lease().await?;
+        let rows = match run(values.clone()).fetch_all(lease.connection()?).await {
+            Ok(rows) => rows,
+            // A read changes nothing, so one that lost its connection (the server restarted,
+            // or closed an idle session) is asked again once, on a new connection.
+            Err(e) if connection_lost(&e) => {
+                drop(lease);
+                lease = self.lease_new().await?;
+                run(values)
+                    .fetch_all(lease.connection()?)
+                    .await
+                    .map_err(query_failed)?
+            }
+            Err(e) => return Err(query_failed(e)),
+        };
+        lease.done();
+        Ok(rows.into_iter().map(QueryResult::from).collect())
+    }
+}
+
+/// Whether `e` says the connection itself is gone, not that the statement was refused.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        // SQLSTATE class 08 (connection exception) and 57P (the server shutting the session
+        // down: admin_shutdown, crash_shutdown, cannot_connect_now, idle_session_timeout).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for PgReads {
+    fn get_database_backend(&self) -> DbBackend {
+        DbBackend::Postgres
+    }
+
+    async fn execute_raw(&self, _: Statement) -> Result<ExecResult, DbErr> {
+        Err(read_only())
+    }
+
+    async fn execute_unprepared(&self, _: &str) -> Result<ExecResult, DbErr> {
+        Err(read_only())
+    }
+
+    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
+        Ok(self.fetch_all(statement).await?.into_iter().next())
+    }
+
+    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.fetch_all(statement).await
+    }
+}
+
+/// Where the served path reads: PostgreSQL's own readers when the store is PostgreSQL, else
+/// sea-orm's pool (SQLite files have their own inline readers, see `sqlite_reads`).
+#[derive(Clone, Debug)]
+pub enum Reader {
+    /// sea-orm's pool.
+    Pool(DatabaseConnection),
+    /// [`PgReads`].
+    Postgres(Arc<PgReads>),
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Reader {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            Self::Pool(db) => db.get_database_backend(),
+            Self::Postgres(pg) => pg.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Pool(db) => db.execute_raw(statement).await,
+            Self::Postgres(pg) => pg.execute_raw(statement).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Pool(db) => db.execute_unprepared(sql).await,
+            Self::Postgres(pg) => pg.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self {
+            Self::Pool(db) => db.query_one_raw(statement).await,
+            Self::Postgres(pg) => pg.query_one_raw(statement).await,
+        }
+    }
+
+    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            Self::Pool(db) => db.query_all_raw(statement).await,
+            Self::Postgres(pg) => pg.query_all_raw(statement).await,
+        }
+    }
+}
