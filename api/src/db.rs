@@ -50,6 +50,22 @@ pub fn tune_postgres(
     options.options([("plan_cache_mode", "force_custom_plan")])
 }
 
+/// Refreshes PostgreSQL's planner statistics for `tables` after a bulk write (an extract
+/// loaded, a sync stored). The served path's readers plan a statement once per connection (see
+/// `pg_reads`), and a cached plan is made again only when the statistics of its tables change:
+/// without this, a plan made while a table was nearly empty could outlive the table's growth
+/// until autovacuum next analyzed it. Statistics are an optimisation, so a failure is logged,
+/// not returned. SQLite needs nothing here.
+pub async fn refresh_statistics(db: &DatabaseConnection, tables: &[&str]) {
+    if db.get_database_backend() != DatabaseBackend::Postgres || tables.is_empty() {
+        return;
+    }
+    let sql = format!("ANALYZE {}", tables.join(", "));
+    if let Err(e) = sea_orm::ConnectionTrait::execute_unprepared(db, &sql).await {
+        tracing::warn!(error = %e, "refreshing the planner's statistics failed");
+    }
+}
+
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
     Migrator::up(db, None)

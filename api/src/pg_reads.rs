@@ -10,6 +10,13 @@
 //! statements are still sea-orm's (it implements [`ConnectionTrait`]), so the queries are the
 //! ones every other path runs, prepared once per connection.
 //!
+//! The readers' sessions keep PostgreSQL's default plan cache mode: a statement is planned for
+//! its values a few times, then a generic plan is kept for the session. Planning had been a
+//! third of the server's CPU on the served path. The pool's connections still plan every
+//! statement for its values (see `db::tune_postgres`), because the sync writes into tables as
+//! they grow; after a bulk write `db::refresh_statistics` analyzes the tables it filled, which
+//! makes PostgreSQL plan the readers' statements again.
+//!
 //! Each connection opens with `default_transaction_read_only`, so nothing here can write. A
 //! connection whose read failed, or whose read was abandoned half way (a client that went
 //! away), is closed rather than put back, since its state is unknown.
@@ -90,7 +97,8 @@ impl PgReads {
         if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
             return None;
         }
-        let options = crate::db::tune_postgres(PgConnectOptions::from_str(url).ok()?)
+        let options = PgConnectOptions::from_str(url)
+            .ok()?
             .options([("default_transaction_read_only", "on")])
             .application_name(READER_NAME)
             .disable_statement_logging();

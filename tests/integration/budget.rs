@@ -841,6 +841,40 @@ async fn postgres_readers_read_what_the_pool_reads_and_cannot_write() {
     assert_eq!(app.count("persons").await, ids.len() as i64);
 }
 
+/// After an extract is loaded and after a sync, the planner's statistics of the tables they
+/// filled are fresh (the served path's readers keep their plans until statistics change).
+#[tokio::test]
+async fn bulk_writes_leave_postgres_statistics_fresh() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app(Backend::Postgres).await;
+    app.register_world().await;
+    let analyzed = |table: &'static str| {
+        let db = app.db.clone();
+        async move {
+            let sql = format!(
+                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = '{table}'"
+            );
+            db.query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                sql,
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<bool>(0)
+            .unwrap()
+        }
+    };
+    // The ILF extract was loaded as the server started.
+    assert!(analyzed("bulk_records").await);
+    assert!(!analyzed("upstream_snapshots").await);
+    let noop = |_: u64, _: u64| {};
+    tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
+        .await
+        .unwrap();
+    assert!(analyzed("upstream_snapshots").await);
+}
+
 /// A reader whose session the server ended (a restart, an idle timeout, an administrator) is
 /// replaced: the read is asked again on a new connection, and the request does not fail.
 #[tokio::test]

@@ -191,6 +191,7 @@ pub async fn sync_extract(
     .await?;
     write.commit().await?;
     drop(file);
+    crate::db::refresh_statistics(db, &["bulk_extracts", "bulk_records", "rejected_records"]).await;
     tracing::info!(stream = %id, rows = row_count, rejected, "extract loaded");
     Ok(ExtractOutcome::Loaded {
         rows: row_count,

@@ -163,6 +163,7 @@ pub async fn run(
         (fetched, unchanged, rejected, lost)
     };
     let ((), (fetched, unchanged, rejected, lost)) = tokio::join!(fetching, storing);
+    crate::db::refresh_statistics(db, &["upstream_snapshots", "rejected_records"]).await;
     if let Some(e) = page_error
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
