@@ -83,77 +83,179 @@ pub async fn store_snapshots(
             stored_now.insert((row.connector.to_owned(), row.subject_key.clone()), row);
         }
     }
+    // Decide every answer first, then write them together: one upsert statement per chunk of
+    // snapshots, not one each (on PostgreSQL a statement is a round trip, and the sync writes
+    // hundreds of thousands). A key that comes twice in one batch is written once, as the
+    // later answer, checked against the earlier one as if that had been stored first.
     let mut out = Vec::with_capacity(prepared.len());
+    let mut writes: Vec<Write<'_>> = Vec::new();
+    let mut pending: HashMap<(&str, &str), usize> = HashMap::new();
     for (connector, records, json, hash) in prepared {
-        let previous = stored_now.remove(&(connector.to_owned(), records.subject_key.clone()));
-        if let Some(p) = &previous
-            && is_older(records.version.as_deref(), p.version.as_deref())
+        let key = (connector, records.subject_key.as_str());
+        let earlier = pending.get(&key).map(|&i| &writes[i]);
+        let previous: Option<(Option<&str>, &str, DateTime<Utc>)> = match earlier {
+            Some(w) => Some((w.records.version.as_deref(), w.hash.as_str(), now)),
+            None => stored_now
+                .get(&(connector.to_owned(), records.subject_key.clone()))
+                .map(|p| (p.version.as_deref(), p.content_hash.as_str(), p.fetched_at)),
+        };
+        if let Some((version, stored_hash, fetched_at)) = previous
+            && is_older(records.version.as_deref(), version)
         {
             // A lagging answer never replaces a newer snapshot.
             tracing::info!(stream = %connector, "an answer older than the stored snapshot was kept out");
             out.push((
                 SourceMeta {
                     connector: connector.to_owned(),
-                    version: p.version.clone(),
-                    fetched_at: p.fetched_at,
-                    content_hash: p.content_hash.clone(),
+                    version: version.map(str::to_owned),
+                    fetched_at,
+                    content_hash: stored_hash.to_owned(),
                 },
                 Stored::Unchanged,
             ));
             continue;
         }
-        let stored = match &previous {
-            Some(p) if p.content_hash == hash => Stored::Unchanged,
+        let stored = match previous {
+            Some((_, stored_hash, _)) if stored_hash == hash => Stored::Unchanged,
             _ => Stored::Changed,
         };
-        upstream_snapshot::Entity::insert(upstream_snapshot::ActiveModel {
-            id: Set(uuid::Uuid::now_v7().to_string()),
-            connector: Set(connector.to_owned()),
-            subject_key: Set(records.subject_key.clone()),
-            version: Set(records.version.clone()),
-            content_hash: Set(hash.clone()),
-            records: Set(json),
-            fetched_at: Set(now),
-        })
-        .on_conflict(
-            OnConflict::columns([
-                upstream_snapshot::Column::Connector,
-                upstream_snapshot::Column::SubjectKey,
-            ])
-            .update_columns([
-                upstream_snapshot::Column::Version,
-                upstream_snapshot::Column::ContentHash,
-                upstream_snapshot::Column::Records,
-                upstream_snapshot::Column::FetchedAt,
-            ])
-            .to_owned(),
-        )
-        .exec(txn)
-        .await?;
         // Rejected records are kept per stored snapshot: with no snapshot before, there are
         // none to replace, only the new ones to add.
-        if stored == Stored::Changed && (previous.is_some() || !records.rejected.is_empty()) {
-            replace_rejected(
-                txn,
-                connector,
-                Some(&records.subject_key),
-                &records.rejected,
-                now,
-            )
-            .await?;
-        }
+        let replace_rejected =
+            stored == Stored::Changed && (previous.is_some() || !records.rejected.is_empty());
         out.push((
             SourceMeta {
                 connector: connector.to_owned(),
                 version: records.version.clone(),
                 fetched_at: now,
-                content_hash: hash,
+                content_hash: hash.clone(),
             },
             stored,
         ));
+        let write = Write {
+            connector,
+            records,
+            json,
+            hash,
+            replace_rejected: replace_rejected || earlier.is_some_and(|w| w.replace_rejected),
+        };
+        match pending.get(&key) {
+            Some(&i) => writes[i] = write,
+            None => {
+                pending.insert(key, writes.len());
+                writes.push(write);
+            }
+        }
     }
+    write_snapshots(txn, writes, now).await?;
     write.commit().await?;
     Ok(out)
+}
+
+/// One snapshot [`store_snapshots`] writes.
+struct Write<'a> {
+    connector: &'a str,
+    records: &'a PersonRecords,
+    json: String,
+    hash: String,
+    /// Whether the subject's kept rejected records are replaced by these records' own.
+    replace_rejected: bool,
+}
+
+/// Rows a statement carries at most (PostgreSQL binds at most 65,535 values a statement).
+const ROWS_A_STATEMENT: usize = 500;
+
+/// Writes snapshots (each key once) and replaces the rejected records of those that say so,
+/// a few statements for the lot.
+async fn write_snapshots(
+    txn: &impl ConnectionTrait,
+    writes: Vec<Write<'_>>,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let mut replaced: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut rejected_rows = Vec::new();
+    for w in writes.iter().filter(|w| w.replace_rejected) {
+        replaced
+            .entry(w.connector)
+            .or_default()
+            .push(w.records.subject_key.as_str());
+        rejected_rows.extend(rejected_models(
+            w.connector,
+            Some(&w.records.subject_key),
+            &w.records.rejected,
+            now,
+        ));
+    }
+    let rows: Vec<upstream_snapshot::ActiveModel> = writes
+        .into_iter()
+        .map(|w| upstream_snapshot::ActiveModel {
+            id: Set(uuid::Uuid::now_v7().to_string()),
+            connector: Set(w.connector.to_owned()),
+            subject_key: Set(w.records.subject_key.clone()),
+            version: Set(w.records.version.clone()),
+            content_hash: Set(w.hash),
+            records: Set(w.json),
+            fetched_at: Set(now),
+        })
+        .collect();
+    for chunk in rows.chunks(ROWS_A_STATEMENT) {
+        upstream_snapshot::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::columns([
+                    upstream_snapshot::Column::Connector,
+                    upstream_snapshot::Column::SubjectKey,
+                ])
+                .update_columns([
+                    upstream_snapshot::Column::Version,
+                    upstream_snapshot::Column::ContentHash,
+                    upstream_snapshot::Column::Records,
+                    upstream_snapshot::Column::FetchedAt,
+                ])
+                .to_owned(),
+            )
+            .exec(txn)
+            .await?;
+    }
+    for (connector, subjects) in replaced {
+        for chunk in subjects.chunks(ROWS_A_STATEMENT) {
+            rejected_record::Entity::delete_many()
+                .filter(rejected_record::Column::Connector.eq(connector))
+                .filter(rejected_record::Column::SubjectKey.is_in(chunk.iter().copied()))
+                .exec(txn)
+                .await?;
+        }
+    }
+    for chunk in rejected_rows.chunks(ROWS_A_STATEMENT) {
+        rejected_record::Entity::insert_many(chunk.to_vec())
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The rows keeping `rejected` for `connector` (and `subject_key`, where a record names none).
+fn rejected_models(
+    connector: &str,
+    subject_key: Option<&str>,
+    rejected: &[Rejected],
+    at: DateTime<Utc>,
+) -> Vec<rejected_record::ActiveModel> {
+    rejected
+        .iter()
+        .map(|r| rejected_record::ActiveModel {
+            id: Set(uuid::Uuid::now_v7().to_string()),
+            connector: Set(connector.to_owned()),
+            subject_key: Set(r
+                .subject_key
+                .clone()
+                .or_else(|| subject_key.map(str::to_owned))),
+            upstream_id: Set(r.upstream_id.clone()),
+            line_number: Set(r.line.and_then(|l| i64::try_from(l).ok())),
+            reason: Set(r.reason.clone()),
+            raw: Set(r.raw.clone()),
+            fetched_at: Set(at),
+        })
+        .collect()
 }
 
 /// Replaces the rejected records kept for one subject (or, with `None`, for a whole bulk
@@ -172,23 +274,8 @@ pub async fn replace_rejected(
         None => delete,
     };
     delete.exec(db).await?;
-    let rows: Vec<rejected_record::ActiveModel> = rejected
-        .iter()
-        .map(|r| rejected_record::ActiveModel {
-            id: Set(uuid::Uuid::now_v7().to_string()),
-            connector: Set(connector.to_owned()),
-            subject_key: Set(r
-                .subject_key
-                .clone()
-                .or_else(|| subject_key.map(str::to_owned))),
-            upstream_id: Set(r.upstream_id.clone()),
-            line_number: Set(r.line.and_then(|l| i64::try_from(l).ok())),
-            reason: Set(r.reason.clone()),
-            raw: Set(r.raw.clone()),
-            fetched_at: Set(at),
-        })
-        .collect();
-    for chunk in rows.chunks(500) {
+    let rows = rejected_models(connector, subject_key, rejected, at);
+    for chunk in rows.chunks(ROWS_A_STATEMENT) {
         rejected_record::Entity::insert_many(chunk.to_vec())
             .exec(db)
             .await?;
