@@ -426,13 +426,17 @@ fn to_record(row: person::Model, identifiers: Vec<IdentifierRecord>) -> PersonRe
 }
 
 async fn load(db: &impl ConnectionTrait, id: &str) -> ApiResult<Option<PersonRecord>> {
-    let Some(row) = person::Entity::find_by_id(id.to_owned()).one(db).await? else {
-        return Ok(None);
-    };
-    let identifiers = row
-        .find_related(person_identifier::Entity)
+    // The person and their identifiers in one statement (a join), not two round trips.
+    let Some((row, identifiers)) = person::Entity::find_by_id(id.to_owned())
+        .find_with_related(person_identifier::Entity)
         .all(db)
         .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let identifiers = identifiers
         .into_iter()
         .map(to_identifier)
         .collect::<ApiResult<Vec<_>>>()?;
