@@ -873,6 +873,32 @@ async fn bulk_writes_leave_postgres_statistics_fresh() {
         .await
         .unwrap();
     assert!(analyzed("upstream_snapshots").await);
+
+    // A sync also refreshes them as it goes, not only at the end: here once 16 snapshots are
+    // stored (of about 180; how many more depends on how the fetches batch up).
+    let count = || {
+        let db = app.db.clone();
+        async move {
+            db.query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'upstream_snapshots'",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap()
+        }
+    };
+    let before = count().await;
+    tributary::services::sync::run_analyzing_from(&app.db, &app.registry, 8, &noop, 16)
+        .await
+        .unwrap();
+    let refreshed = count().await - before;
+    assert!(
+        refreshed >= 2,
+        "{refreshed} refreshes: at least one while storing and one at the end"
+    );
 }
 
 /// A reader whose session the server ended (a restart, an idle timeout, an administrator) is
