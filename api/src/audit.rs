@@ -96,8 +96,24 @@ impl ReadRecorder {
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<PendingReads>(4 * MAX_GROUP);
         tokio::spawn(async move {
             let mut sqlite = local.map(|l| SqliteGroupWriter::new(l.path().to_path_buf()));
+            let mut checkpoints = sqlite.as_ref().map(|w| Checkpointer::new(w.path.clone()));
+            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut group = Vec::with_capacity(MAX_GROUP);
-            while let Some(first) = receiver.recv().await {
+            // Whether groups were written since the last checkpoint began.
+            let mut written = false;
+            loop {
+                let first = tokio::select! {
+                    first = receiver.recv() => first,
+                    _ = tick.tick(), if written => {
+                        if let Some(c) = checkpoints.as_mut() {
+                            // Not waited for: the next group goes on meanwhile.
+                            written = c.start().is_none();
+                        }
+                        continue;
+                    }
+                };
+                let Some(first) = first else { break };
                 group.push(first);
                 while group.len() < MAX_GROUP {
                     match receiver.try_recv() {
@@ -109,6 +125,7 @@ impl ReadRecorder {
                     Some(writer) => writer.write(&mut group).await,
                     None => write_group(&db, &group).await,
                 };
+                written |= checkpoints.is_some() && outcome.is_ok();
                 let outcome = outcome.map_err(|e| {
                     tracing::error!(error = ?e, requests = group.len(), "recording reads failed");
                     e.to_string()
@@ -333,6 +350,44 @@ impl SqliteGroupWriter {
     }
 }
 
+/// How often the WAL is copied back into a SQLite store's file (see [`Checkpointer`]).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Copies a SQLite store's write-ahead log back into its file in the background ("passive"
+/// checkpoints: they wait for no reader or writer). Left to SQLite, the commit that crosses
+/// 1,000 pages of log does the copying itself, while every request waiting for its reads to be
+/// recorded waits behind it; the group writer's own connection therefore never checkpoints.
+struct Checkpointer {
+    path: std::path::PathBuf,
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Checkpointer {
+    fn new(path: std::path::PathBuf) -> Self {
+        Self {
+            path,
+            running: Default::default(),
+        }
+    }
+
+    /// Starts a checkpoint on a blocking thread, unless one is still running.
+    fn start(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        use std::sync::atomic::Ordering;
+        if self.running.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let (path, running) = (self.path.clone(), self.running.clone());
+        Some(tokio::task::spawn_blocking(move || {
+            let done = open_writer(&path)
+                .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "a background checkpoint failed");
+            }
+            running.store(false, Ordering::Release);
+        }))
+    }
+}
+
 fn open_writer(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
     let connection = rusqlite::Connection::open_with_flags(
         path,
@@ -343,6 +398,8 @@ fn open_writer(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection>
     connection.busy_timeout(std::time::Duration::from_secs(15))?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "foreign_keys", true)?;
+    // The background checkpointer copies the log back (see `Checkpointer`).
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(connection)
 }
 
@@ -667,4 +724,37 @@ pub async fn verify_with_anchors(
         }
     }
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Checkpointer, open_writer};
+
+    /// The group writer's connection leaves the log alone, and the checkpointer copies it back
+    /// into the file: the file grows only once the checkpointer has run.
+    #[tokio::test]
+    async fn the_group_writer_never_checkpoints_and_the_checkpointer_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x TEXT);")
+            .unwrap();
+        let writer = open_writer(&path).unwrap();
+        let file_size = || std::fs::metadata(&path).unwrap().len();
+        let before = file_size();
+        // Far more than SQLite's automatic threshold of 1,000 pages of log.
+        let row = "x".repeat(3000);
+        for _ in 0..1500 {
+            writer.execute("INSERT INTO t VALUES (?1)", [&row]).unwrap();
+        }
+        assert_eq!(file_size(), before, "the writer copied the log back itself");
+
+        let mut checkpointer = Checkpointer::new(path.clone());
+        checkpointer.start().unwrap().await.unwrap();
+        assert!(
+            file_size() > before + 1500 * 3000,
+            "the checkpointer copied the log back"
+        );
+    }
 }

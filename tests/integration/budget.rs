@@ -845,25 +845,12 @@ async fn postgres_readers_read_what_the_pool_reads_and_cannot_write() {
 /// filled are fresh (the served path's readers keep their plans until statistics change).
 #[tokio::test]
 async fn bulk_writes_leave_postgres_statistics_fresh() {
-    use sea_orm::ConnectionTrait;
     let app = spawn_app(Backend::Postgres).await;
     app.register_world().await;
-    let analyzed = |table: &'static str| {
-        let db = app.db.clone();
-        async move {
-            let sql = format!(
-                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = '{table}'"
-            );
-            db.query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                sql,
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get_by_index::<bool>(0)
-            .unwrap()
-        }
+    let analyzed = |table: &str| {
+        app.scalar::<bool>(format!(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = '{table}'"
+        ))
     };
     // The ILF extract was loaded as the server started.
     assert!(analyzed("bulk_records").await);
@@ -877,18 +864,9 @@ async fn bulk_writes_leave_postgres_statistics_fresh() {
     // A sync also refreshes them as it goes, not only at the end: here once 16 snapshots are
     // stored (of about 180; how many more depends on how the fetches batch up).
     let count = || {
-        let db = app.db.clone();
-        async move {
-            db.query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'upstream_snapshots'",
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get_by_index::<i64>(0)
-            .unwrap()
-        }
+        app.scalar::<i64>(
+            "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'upstream_snapshots'",
+        )
     };
     let before = count().await;
     tributary::services::sync::run_analyzing_from(&app.db, &app.registry, 8, &noop, 16)
@@ -908,27 +886,14 @@ async fn a_postgres_reader_whose_session_ended_reads_on_a_new_one() {
     let app = spawn_app(Backend::Postgres).await;
     let ids = app.register_world().await;
     let before = app.budget(&ids[0]).await;
-    let ended = |app: &TestApp| {
-        let sql = format!(
+    let ended = || {
+        app.scalar::<i64>(format!(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
              WHERE application_name = '{}' AND datname = current_database()",
             tributary::pg_reads::READER_NAME
-        );
-        let db = app.db.clone();
-        async move {
-            use sea_orm::ConnectionTrait;
-            let row = db
-                .query_one_raw(sea_orm::Statement::from_string(
-                    sea_orm::DbBackend::Postgres,
-                    sql,
-                ))
-                .await
-                .unwrap()
-                .unwrap();
-            row.try_get_by_index::<i64>(0).unwrap()
-        }
+        ))
     };
-    assert!(ended(&app).await >= 1, "the server's readers had sessions");
+    assert!(ended().await >= 1, "the server's readers had sessions");
     let after = app.budget(&ids[0]).await;
     assert_eq!(after["net"], before["net"]);
     assert_eq!(after["streams"], before["streams"]);

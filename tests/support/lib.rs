@@ -344,16 +344,22 @@ impl TestApp {
 
     /// Counts rows in a table.
     pub async fn count(&self, table: &str) -> i64 {
-        let row = self
-            .db
+        self.scalar(format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    /// The one value a query returns (its first row's first column).
+    pub async fn scalar<T: sea_orm::TryGetable>(&self, sql: impl Into<String>) -> T {
+        let sql: String = sql.into();
+        self.db
             .query_one_raw(sea_orm::Statement::from_string(
                 self.db.get_database_backend(),
-                format!("SELECT COUNT(*) AS n FROM {table}"),
+                sql.clone(),
             ))
             .await
             .unwrap()
-            .unwrap();
-        row.try_get::<i64>("", "n").unwrap()
+            .unwrap_or_else(|| panic!("no row from {sql}"))
+            .try_get_by_index::<T>(0)
+            .unwrap()
     }
 }
 
