@@ -40,7 +40,8 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         .context("failed to connect to the database named by database.url")
 }
 
-/// What every PostgreSQL connection of the hub sets: plan each statement with its values. A
+/// What the pool's PostgreSQL connections set: plan each statement with its values (the
+/// served path's readers do not; see `pg_reads`). A
 /// generic plan cached while a table was small (a fresh database during its first sync) stays
 /// a sequential scan as the table grows: the benchmark saw a sync slow to a crawl at 100,000
 /// people.

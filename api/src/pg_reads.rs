@@ -91,8 +91,9 @@ impl Lease<'_> {
 }
 
 impl PgReads {
-    /// Readers for the PostgreSQL database at `url` (tuned as [`crate::db::connect`] tunes
-    /// the pool), at most `max_connections` open at once. `None` when `url` is not PostgreSQL.
+    /// Readers for the PostgreSQL database at `url`, at most `max_connections` open at once,
+    /// planning as PostgreSQL does by default (see the module's notes). `None` when `url` is
+    /// not PostgreSQL.
     pub fn open(url: &str, max_connections: u32, queries: Arc<AtomicU64>) -> Option<Self> {
         if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
             return None;
