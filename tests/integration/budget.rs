@@ -593,6 +593,89 @@ async fn a_stream_past_its_yearly_cap_is_warned() {
     );
 }
 
+/// A row of the ILF extract that fails validation is left out of the person's budget and
+/// named in its warnings; a budget with no rejected row has no such warning.
+#[tokio::test]
+async fn a_rejected_extract_row_is_warned_in_its_persons_budget() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let mut reference = None;
+        let app = tributary_tests::spawn_app_in_world(backend, |world| {
+            let row = world
+                .people
+                .iter_mut()
+                .find_map(|p| p.ilf.first_mut())
+                .expect("someone has an ILF award");
+            row.award_amount = "12x.00".into();
+            reference = Some(row.ilf_reference.clone());
+        })
+        .await;
+        let reference = reference.unwrap();
+        let ids = app.register_world().await;
+        let mut warned = Vec::new();
+        for id in &ids {
+            let budget = app.budget(id).await;
+            let rejected: Vec<String> = budget["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["code"] == "UPSTREAM_DATA_REJECTED" && w["streamId"] == "ilf")
+                .map(|w| w["message"].as_str().unwrap().to_owned())
+                .collect();
+            if !rejected.is_empty() {
+                let awards = &stream(&budget, "ilf").unwrap()["awards"];
+                assert!(
+                    awards
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|a| a["upstreamId"] != reference.as_str()),
+                    "{backend:?}: the rejected award is left out"
+                );
+                warned.push(rejected);
+            }
+        }
+        assert_eq!(
+            warned.len(),
+            1,
+            "{backend:?}: one person's budget warns: {warned:?}"
+        );
+        assert_eq!(warned[0].len(), 1, "{backend:?}");
+        assert!(
+            warned[0][0].contains("award_amount"),
+            "{backend:?}: {}",
+            warned[0][0]
+        );
+    }
+}
+
+/// A view reads an extract's rejected rows only when the extract rejected some: one query
+/// fewer for a served budget otherwise.
+#[tokio::test]
+async fn rejected_extract_rows_are_read_only_when_the_extract_has_some() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = spawn_app(backend).await;
+        let ids = app.register_world().await;
+        let noop = |_: u64, _: u64| {};
+        tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
+            .await
+            .unwrap();
+        let served = || async {
+            let before = app.queries.load(std::sync::atomic::Ordering::SeqCst);
+            app.budget(&ids[0]).await;
+            app.queries.load(std::sync::atomic::Ordering::SeqCst) - before
+        };
+        let none_rejected = served().await;
+        app.execute("UPDATE bulk_extracts SET rejected_count = 1 WHERE current = TRUE")
+            .await;
+        let some_rejected = served().await;
+        assert_eq!(
+            some_rejected,
+            none_rejected + 1,
+            "{backend:?}: with none rejected {none_rejected} queries, with some {some_rejected}"
+        );
+    }
+}
+
 /// The inline SQLite reads of the served path (`sqlite_reads`) decode every column as sea-orm
 /// does: instants to the nanosecond, dates, flags, optional values, and row order.
 #[tokio::test]

@@ -147,7 +147,32 @@ pub async fn spawn_app_with_secrets(
     spawn_app_on(None, backend, adjust, secrets).await
 }
 
+/// As [`spawn_app`], in a world changed by `edit` first (the partners serve the changed one).
+pub async fn spawn_app_in_world(backend: Backend, edit: impl FnOnce(&mut World)) -> TestApp {
+    let mut world = World::generate(DEMO_SEED, 60);
+    edit(&mut world);
+    spawn_app_in(
+        Arc::new(world),
+        None,
+        backend,
+        |_| {},
+        tributary::demo::sandbox_secrets(),
+    )
+    .await
+}
+
 async fn spawn_app_on(
+    database_url: Option<String>,
+    backend: Backend,
+    adjust: impl FnOnce(&mut Settings),
+    secrets: connectors::Secrets,
+) -> TestApp {
+    let world = Arc::new(World::generate(DEMO_SEED, 60));
+    spawn_app_in(world, database_url, backend, adjust, secrets).await
+}
+
+async fn spawn_app_in(
+    world: Arc<World>,
     database_url: Option<String>,
     backend: Backend,
     adjust: impl FnOnce(&mut Settings),
@@ -165,7 +190,6 @@ async fn spawn_app_on(
     };
     let database_url = settings.database.url.clone();
     settings.database.max_connections = 8;
-    let world = Arc::new(World::generate(DEMO_SEED, 60));
     let sandboxes = Sandboxes::start(world.clone()).expect("the sandboxes start");
     settings.connectors =
         tributary::demo::demo_connectors(tributary::demo::sandbox_urls(&sandboxes));
