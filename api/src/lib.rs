@@ -15,6 +15,7 @@ pub mod error;
 pub mod graphql;
 pub mod limits;
 pub mod pg_reads;
+pub mod reader;
 pub mod services;
 pub mod sqlite_reads;
 pub mod startup;

@@ -28,10 +28,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
 use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
-    Statement,
-};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::Semaphore;
 
@@ -68,25 +65,17 @@ fn read_only() -> DbErr {
 /// dropped any other way (an error, or the read's future dropped mid-flight) it is closed.
 struct Lease<'a> {
     reads: &'a PgReads,
-    connection: Option<PgConnection>,
+    connection: PgConnection,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl Lease<'_> {
-    fn connection(&mut self) -> Result<&mut PgConnection, DbErr> {
-        self.connection
-            .as_mut()
-            .ok_or_else(|| DbErr::Custom("a reader's connection was already returned".into()))
-    }
-
-    fn done(mut self) {
-        if let Some(connection) = self.connection.take() {
-            self.reads
-                .idle
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push((connection, Instant::now()));
-        }
+    fn done(self) {
+        self.reads
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((self.connection, Instant::now()));
     }
 }
 
@@ -147,7 +136,7 @@ impl PgReads {
         };
         Ok(Lease {
             reads: self,
-            connection: Some(connection),
+            connection,
             _permit: permit,
         })
     }
@@ -157,7 +146,7 @@ impl PgReads {
         let permit = self.permit().await?;
         Ok(Lease {
             reads: self,
-            connection: Some(self.connect().await?),
+            connection: self.connect().await?,
             _permit: permit,
         })
     }
@@ -168,7 +157,7 @@ impl PgReads {
         let sql = statement.sql.as_str();
         let run = |values| sqlx::query_with(sqlx::AssertSqlSafe(sql), SqlxValues(values));
         let mut lease = self.lease().await?;
-        let rows = match run(values.clone()).fetch_all(lease.connection()?).await {
+        let rows = match run(values.clone()).fetch_all(&mut lease.connection).await {
             Ok(rows) => rows,
             // A read changes nothing, so one that lost its connection (the server restarted,
             // or closed an idle session) is asked again once, on a new connection.
@@ -176,7 +165,7 @@ impl PgReads {
                 drop(lease);
                 lease = self.lease_new().await?;
                 run(values)
-                    .fetch_all(lease.connection()?)
+                    .fetch_all(&mut lease.connection)
                     .await
                     .map_err(query_failed)?
             }
@@ -220,53 +209,5 @@ impl ConnectionTrait for PgReads {
 
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
         self.fetch_all(statement).await
-    }
-}
-
-/// Where the served path reads: PostgreSQL's own readers when the store is PostgreSQL, else
-/// sea-orm's pool (SQLite files have their own inline readers, see `sqlite_reads`).
-#[derive(Clone, Debug)]
-pub enum Reader {
-    /// sea-orm's pool.
-    Pool(DatabaseConnection),
-    /// [`PgReads`].
-    Postgres(Arc<PgReads>),
-}
-
-#[async_trait::async_trait]
-impl ConnectionTrait for Reader {
-    fn get_database_backend(&self) -> DbBackend {
-        match self {
-            Self::Pool(db) => db.get_database_backend(),
-            Self::Postgres(pg) => pg.get_database_backend(),
-        }
-    }
-
-    async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
-        match self {
-            Self::Pool(db) => db.execute_raw(statement).await,
-            Self::Postgres(pg) => pg.execute_raw(statement).await,
-        }
-    }
-
-    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        match self {
-            Self::Pool(db) => db.execute_unprepared(sql).await,
-            Self::Postgres(pg) => pg.execute_unprepared(sql).await,
-        }
-    }
-
-    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
-        match self {
-            Self::Pool(db) => db.query_one_raw(statement).await,
-            Self::Postgres(pg) => pg.query_one_raw(statement).await,
-        }
-    }
-
-    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        match self {
-            Self::Pool(db) => db.query_all_raw(statement).await,
-            Self::Postgres(pg) => pg.query_all_raw(statement).await,
-        }
     }
 }

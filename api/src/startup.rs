@@ -27,8 +27,7 @@ struct HttpState {
     schema: TributarySchema,
     auth: Arc<Authenticator>,
     db: DatabaseConnection,
-    reader: crate::pg_reads::Reader,
-    local: Option<Arc<crate::sqlite_reads::SqliteReads>>,
+    reader: crate::reader::Reader,
     reads: crate::audit::ReadRecorder,
     documents: limits::DocumentCache,
     limits: LimitSettings,
@@ -94,25 +93,13 @@ impl Application {
         db: DatabaseConnection,
         queries: Arc<AtomicU64>,
     ) -> anyhow::Result<Self> {
-        // A SQLite file's served reads run inline (see `sqlite_reads`); counted with the rest.
-        // Only when the store handed in is SQLite: the URL alone could name another store.
-        let local = if db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
-            crate::sqlite_reads::SqliteReads::open(&settings.database.url, queries.clone())
-                .map(Arc::new)
-        } else {
-            None
-        };
-        // PostgreSQL's served reads run on connections of their own (see `pg_reads`).
-        let reader = match crate::pg_reads::PgReads::open(
+        // The served path's reads (see `reader`), counted with the rest.
+        let reader = crate::reader::Reader::open(
+            &db,
             &settings.database.url,
             settings.database.max_connections,
-            queries.clone(),
-        ) {
-            Some(pg) if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres => {
-                crate::pg_reads::Reader::Postgres(Arc::new(pg))
-            }
-            _ => crate::pg_reads::Reader::Pool(db.clone()),
-        };
+            &queries,
+        );
         let registry = Arc::new(
             Registry::build(&settings.connectors, secrets)
                 .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?,
@@ -139,7 +126,6 @@ impl Application {
                 connectors: settings.connectors.clone(),
                 registry: registry.clone(),
                 reader: reader.clone(),
-                local: local.clone(),
                 anchors: match (&settings.audit.anchor_dir, settings.anchor_key()?) {
                     (Some(dir), Some(key)) => Some((dir.clone(), key)),
                     _ => None,
@@ -152,9 +138,8 @@ impl Application {
             schema,
             auth: Arc::new(auth),
             db: db.clone(),
-            reads: crate::audit::ReadRecorder::start(db.clone(), local.clone()),
+            reads: crate::audit::ReadRecorder::start(db.clone(), reader.sqlite().cloned()),
             reader,
-            local,
             documents: limits::DocumentCache::default(),
             rate: TokenRate::new(&settings.limits),
             limits: settings.limits.clone(),
@@ -330,10 +315,7 @@ async fn graphql(
         state.schema.execute(
             request
                 .data(principal.clone())
-                .data(crate::graphql::loaders::Loaders::new(
-                    &state.reader,
-                    state.local.clone(),
-                ))
+                .data(crate::graphql::loaders::Loaders::new(&state.reader))
                 .data(reads.clone()),
         )
     };

@@ -12,10 +12,9 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::budget::assemble::SourceMeta;
 use crate::error::{ApiError, ApiResult};
-use crate::pg_reads::Reader;
+use crate::reader::Reader;
 use crate::services::plan::{self, Item};
 use crate::services::sources::{StoreReader, decode_snapshot};
-use crate::sqlite_reads::SqliteReads;
 
 type Shared<E> = Arc<E>;
 
@@ -48,16 +47,8 @@ fn by_first(keys: &[(String, String)]) -> HashMap<&str, Vec<&str>> {
     groups
 }
 
-/// Where a loader reads: the store through sea-orm (on PostgreSQL, its own readers), or a
-/// SQLite file inline.
-#[derive(Clone)]
-struct Source {
-    db: Reader,
-    local: Option<Arc<SqliteReads>>,
-}
-
 /// Snapshots by (connector, subject key).
-pub struct Snapshots(Source);
+pub struct Snapshots(Reader);
 
 impl Loader<(String, String)> for Snapshots {
     type Value = (PersonRecords, SourceMeta);
@@ -75,12 +66,12 @@ impl Loader<(String, String)> for Snapshots {
         subjects.sort_unstable();
         subjects.dedup();
         let mut out = HashMap::new();
-        let rows = match &self.0.local {
+        let rows = match self.0.sqlite() {
             Some(local) => local.snapshots(&connectors, &subjects).map_err(shared)?,
             None => upstream_snapshot::Entity::find()
                 .filter(upstream_snapshot::Column::Connector.is_in(connectors))
                 .filter(upstream_snapshot::Column::SubjectKey.is_in(subjects))
-                .all(&self.0.db)
+                .all(&self.0)
                 .await
                 .map_err(shared)?,
         };
@@ -98,14 +89,14 @@ impl Loader<(String, String)> for Snapshots {
 }
 
 /// Current extracts by connector.
-pub struct Extracts(Source);
+pub struct Extracts(Reader);
 
 impl Loader<String> for Extracts {
     type Value = bulk_extract::Model;
     type Error = Shared<ApiError>;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let rows = match &self.0.local {
+        let rows = match self.0.sqlite() {
             Some(local) => {
                 let connectors: Vec<&str> = keys.iter().map(String::as_str).collect();
                 local.current_extracts(&connectors).map_err(shared)?
@@ -113,7 +104,7 @@ impl Loader<String> for Extracts {
             None => bulk_extract::Entity::find()
                 .filter(bulk_extract::Column::Connector.is_in(keys.to_vec()))
                 .filter(bulk_extract::Column::Current.eq(true))
-                .all(&self.0.db)
+                .all(&self.0)
                 .await
                 .map_err(shared)?,
         };
@@ -122,7 +113,7 @@ impl Loader<String> for Extracts {
 }
 
 /// Extract rows by (extract id, subject key).
-pub struct BulkRows(Source);
+pub struct BulkRows(Reader);
 
 impl Loader<(String, String)> for BulkRows {
     type Value = Vec<bulk_record::Model>;
@@ -134,12 +125,12 @@ impl Loader<(String, String)> for BulkRows {
     ) -> Result<HashMap<(String, String), Self::Value>, Self::Error> {
         let mut out: HashMap<(String, String), Self::Value> = HashMap::new();
         for (extract, subjects) in by_first(keys) {
-            let rows = match &self.0.local {
+            let rows = match self.0.sqlite() {
                 Some(local) => local.bulk_rows(extract, &subjects).map_err(shared)?,
                 None => bulk_record::Entity::find()
                     .filter(bulk_record::Column::ExtractId.eq(extract))
                     .filter(bulk_record::Column::SubjectKey.is_in(subjects))
-                    .all(&self.0.db)
+                    .all(&self.0)
                     .await
                     .map_err(shared)?,
             };
@@ -154,7 +145,7 @@ impl Loader<(String, String)> for BulkRows {
 }
 
 /// Rejected records by (connector, subject key).
-pub struct RejectedRows(Source);
+pub struct RejectedRows(Reader);
 
 impl Loader<(String, String)> for RejectedRows {
     type Value = Vec<rejected_record::Model>;
@@ -166,12 +157,12 @@ impl Loader<(String, String)> for RejectedRows {
     ) -> Result<HashMap<(String, String), Self::Value>, Self::Error> {
         let mut out: HashMap<(String, String), Self::Value> = HashMap::new();
         for (connector, subjects) in by_first(keys) {
-            let rows = match &self.0.local {
+            let rows = match self.0.sqlite() {
                 Some(local) => local.rejected(connector, &subjects).map_err(shared)?,
                 None => rejected_record::Entity::find()
                     .filter(rejected_record::Column::Connector.eq(connector))
                     .filter(rejected_record::Column::SubjectKey.is_in(subjects))
-                    .all(&self.0.db)
+                    .all(&self.0)
                     .await
                     .map_err(shared)?,
             };
@@ -188,20 +179,20 @@ impl Loader<(String, String)> for RejectedRows {
 }
 
 /// Plan items by person id.
-pub struct PlanItems(Source);
+pub struct PlanItems(Reader);
 
 impl Loader<String> for PlanItems {
     type Value = Vec<Item>;
     type Error = Shared<ApiError>;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        match &self.0.local {
+        match self.0.sqlite() {
             Some(local) => {
                 let people: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let (items, shares) = local.plan_items(&people).map_err(shared)?;
                 plan::group_by_person(items, shares).map_err(shared)
             }
-            None => plan::for_people(&self.0.db, keys).await.map_err(shared),
+            None => plan::for_people(&self.0, keys).await.map_err(shared),
         }
     }
 }
@@ -236,21 +227,17 @@ pub struct Loaders {
 
 impl Loaders {
     /// Fresh loaders (each request gets its own, so nothing is cached across requests).
-    pub fn new(db: &Reader, local: Option<Arc<SqliteReads>>) -> Self {
-        let source = Source {
-            db: db.clone(),
-            local,
-        };
+    pub fn new(reader: &Reader) -> Self {
         // No timer: the default batching delay (1 ms on a timer thread) adds a millisecond of
         // latency and two thread wake-ups to every step of a budget's chain of reads. A batch
         // instead starts after the request's task has had a few turns to register the loads
         // of everyone on the page (they resolve together in that one task).
         Self {
-            snapshots: batched(Snapshots(source.clone())),
-            extracts: batched(Extracts(source.clone())),
-            bulk_rows: batched(BulkRows(source.clone())),
-            rejected: batched(RejectedRows(source.clone())),
-            plan_items: batched(PlanItems(source)),
+            snapshots: batched(Snapshots(reader.clone())),
+            extracts: batched(Extracts(reader.clone())),
+            bulk_rows: batched(BulkRows(reader.clone())),
+            rejected: batched(RejectedRows(reader.clone())),
+            plan_items: batched(PlanItems(reader.clone())),
         }
     }
 }

@@ -27,10 +27,8 @@ pub struct AppContext {
     pub connectors: Vec<ConnectorSettings>,
     /// The connectors built from them.
     pub registry: std::sync::Arc<connectors::Registry>,
-    /// Where the served path reads the store (PostgreSQL's own readers, or the pool).
-    pub reader: crate::pg_reads::Reader,
-    /// Inline reads of a SQLite file store (`None` on PostgreSQL).
-    pub local: Option<std::sync::Arc<crate::sqlite_reads::SqliteReads>>,
+    /// Where the served path reads the store.
+    pub reader: crate::reader::Reader,
     /// Where the audit chain's anchors are and the key that signs them, when configured.
     pub anchors: Option<(std::path::PathBuf, secrecy::SecretString)>,
 }

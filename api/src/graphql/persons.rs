@@ -285,7 +285,7 @@ async fn read_person(
     access::can_read_person(&app.db, principal, id)
         .await
         .map_err(|e| hide_existence(principal, e))?;
-    service::get_served(&app.reader, app.local.as_deref(), id).await
+    service::get_served(&app.reader, id).await
 }
 
 #[Object]

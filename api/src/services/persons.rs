@@ -453,15 +453,11 @@ fn no_person(id: &str) -> ApiError {
     ApiError::NotFound(format!("no person has the id '{id}'"))
 }
 
-/// As [`get`], read inline when the store is a SQLite file (see `sqlite_reads`): the read
-/// path of a query, where the person is read on every request.
-pub async fn get_served(
-    db: &impl ConnectionTrait,
-    local: Option<&crate::sqlite_reads::SqliteReads>,
-    id: &str,
-) -> ApiResult<PersonRecord> {
-    let Some(local) = local else {
-        return get(db, id).await;
+/// As [`get`], through the served path's reader (inline on a SQLite file, see `reader`): the
+/// read path of a query, where the person is read on every request.
+pub async fn get_served(reader: &crate::reader::Reader, id: &str) -> ApiResult<PersonRecord> {
+    let Some(local) = reader.sqlite() else {
+        return get(reader, id).await;
     };
     let id = parse_person_id(id)?;
     let (row, identifiers) = local.person(&id)?.ok_or_else(|| no_person(&id))?;
