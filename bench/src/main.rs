@@ -60,6 +60,10 @@ struct Args {
     /// Record a perf profile of the hub during each snapshot-served run (needs perf).
     #[arg(long)]
     profile: bool,
+    /// With --profile: record call graphs too (DWARF unwinding, fewer samples), and write each
+    /// frame's inclusive share (`perf-served-*.children.txt`).
+    #[arg(long)]
+    call_graph: bool,
     /// Override the larger ILF extract size (the smaller is a quarter of it).
     #[arg(long)]
     ilf_rows: Option<usize>,

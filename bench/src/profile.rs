@@ -11,16 +11,24 @@ use anyhow::Context as _;
 pub struct Perf {
     child: tokio::process::Child,
     data: PathBuf,
+    call_graph: bool,
 }
 
 impl Perf {
-    /// Starts sampling `pid` at 999 Hz into `data`.
-    pub fn start(pid: u32, data: &Path) -> anyhow::Result<Self> {
+    /// Starts sampling `pid` into `data`: at 999 Hz, or at 249 Hz with DWARF call graphs.
+    pub fn start(pid: u32, data: &Path, call_graph: bool) -> anyhow::Result<Self> {
         if let Some(dir) = data.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let child = tokio::process::Command::new("perf")
-            .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
+        let mut command = tokio::process::Command::new("perf");
+        command.arg("record");
+        if call_graph {
+            command.args(["-F", "249", "--call-graph", "dwarf,16384"]);
+        } else {
+            command.args(["-F", "999"]);
+        }
+        let child = command
+            .args(["-p", &pid.to_string(), "-o"])
             .arg(data)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -30,6 +38,7 @@ impl Perf {
         Ok(Self {
             child,
             data: data.to_owned(),
+            call_graph,
         })
     }
 
@@ -58,6 +67,25 @@ impl Perf {
             .await?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         std::fs::write(self.data.with_extension("txt"), &text)?;
+        if self.call_graph {
+            let children = tokio::process::Command::new("perf")
+                .args([
+                    "report",
+                    "--children",
+                    "--sort",
+                    "symbol",
+                    "--stdio",
+                    "-g",
+                    "none",
+                    "--percent-limit",
+                    "0.5",
+                    "-i",
+                ])
+                .arg(&self.data)
+                .output()
+                .await?;
+            std::fs::write(self.data.with_extension("children.txt"), &children.stdout)?;
+        }
         Ok(text
             .lines()
             .filter(|l| !l.starts_with('#') && l.contains('%'))

@@ -323,6 +323,7 @@ pub async fn backend_suite(
         Some(crate::profile::Perf::start(
             hub.pid,
             &args.out.join(format!("perf-served-{backend}.data")),
+            args.call_graph,
         )?)
     } else {
         None
