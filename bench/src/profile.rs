@@ -60,6 +60,8 @@ impl Perf {
                 "--sort",
                 "symbol",
                 "--stdio",
+                "-g",
+                "none",
                 "-i",
             ])
             .arg(&self.data)
