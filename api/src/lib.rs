@@ -14,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod graphql;
 pub mod limits;
+pub mod pg_bundle;
 pub mod pg_reads;
 pub mod reader;
 pub mod services;

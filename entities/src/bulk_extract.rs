@@ -1,7 +1,7 @@
 //! One loaded bulk extract (the ILF file); exactly one per connector is current.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
 #[sea_orm(table_name = "bulk_extracts")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

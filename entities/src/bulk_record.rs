@@ -1,7 +1,7 @@
 //! One normalised record of a bulk extract.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
 #[sea_orm(table_name = "bulk_records")]
 pub struct Model {
     #[sea_orm(primary_key)]

@@ -1,7 +1,7 @@
 //! One stream's share of a plan item.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
 #[sea_orm(table_name = "funding_shares")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

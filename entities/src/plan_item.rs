@@ -1,7 +1,7 @@
 //! An item in a person's support plan.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
 #[sea_orm(table_name = "plan_items")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

@@ -1,7 +1,7 @@
 //! An upstream record that failed validation, kept aside with the reason.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
 #[sea_orm(table_name = "rejected_records")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

@@ -1,7 +1,7 @@
 //! The last good fetch of one subject from one connector, as normalised records.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
 #[sea_orm(table_name = "upstream_snapshots")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

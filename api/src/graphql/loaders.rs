@@ -8,10 +8,11 @@ use std::time::Duration;
 use async_graphql::dataloader::{DataLoader, Loader};
 use connectors::PersonRecords;
 use entities::{bulk_extract, bulk_record, rejected_record, upstream_snapshot};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter};
 
 use crate::budget::assemble::SourceMeta;
 use crate::error::{ApiError, ApiResult};
+use crate::pg_bundle::{self, Bundle};
 use crate::reader::Reader;
 use crate::services::plan::{self, Item};
 use crate::services::sources::{StoreReader, decode_snapshot};
@@ -197,6 +198,35 @@ impl Loader<String> for PlanItems {
     }
 }
 
+/// A view's (person id, [(connector, subject key)]), read with every other view of the page in
+/// one statement (PostgreSQL only; see `pg_bundle`).
+type BundleKey = (String, Vec<(String, String)>);
+
+/// Bundles of the page's views.
+pub struct Bundles(Reader);
+
+impl Loader<BundleKey> for Bundles {
+    type Value = Arc<Bundle>;
+    type Error = Shared<ApiError>;
+
+    async fn load(
+        &self,
+        keys: &[BundleKey],
+    ) -> Result<HashMap<BundleKey, Self::Value>, Self::Error> {
+        let mut pairs: Vec<(String, String)> =
+            keys.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let people: Vec<String> = keys.iter().map(|(p, _)| p.clone()).collect();
+        let bundle = Arc::new(
+            pg_bundle::read(&self.0, &pairs, &people)
+                .await
+                .map_err(shared)?,
+        );
+        Ok(keys.iter().map(|k| (k.clone(), bundle.clone())).collect())
+    }
+}
+
 /// One request's loaders.
 /// Turns of the scheduler a batch waits before it loads.
 const BATCH_TURNS: usize = 4;
@@ -223,6 +253,9 @@ pub struct Loaders {
     bulk_rows: DataLoader<BulkRows>,
     rejected: DataLoader<RejectedRows>,
     plan_items: DataLoader<PlanItems>,
+    /// On PostgreSQL: the page's views read at once, then answered from memory.
+    bundles: Option<DataLoader<Bundles>>,
+    prepared: std::sync::Mutex<Vec<Arc<Bundle>>>,
 }
 
 impl Loaders {
@@ -238,17 +271,49 @@ impl Loaders {
             bulk_rows: batched(BulkRows(reader.clone())),
             rejected: batched(RejectedRows(reader.clone())),
             plan_items: batched(PlanItems(reader.clone())),
+            bundles: (reader.get_database_backend() == DbBackend::Postgres)
+                .then(|| batched(Bundles(reader.clone()))),
+            prepared: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The first answer a prepared bundle has for a read.
+    fn prepared<T>(&self, answer: impl Fn(&Bundle) -> Option<T>) -> Option<T> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find_map(|bundle| answer(bundle))
     }
 }
 
 #[async_trait::async_trait]
 impl StoreReader for Loaders {
+    async fn prepare(&self, person_id: &str, subjects: &[(String, String)]) -> ApiResult<()> {
+        let Some(bundles) = &self.bundles else {
+            return Ok(());
+        };
+        let bundle = bundles
+            .load_one((person_id.to_owned(), subjects.to_vec()))
+            .await
+            .map_err(unshare)?;
+        if let Some(bundle) = bundle {
+            self.prepared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(bundle);
+        }
+        Ok(())
+    }
+
     async fn snapshot(
         &self,
         connector: &str,
         subject_key: &str,
     ) -> ApiResult<Option<(PersonRecords, SourceMeta)>> {
+        if let Some(answer) = self.prepared(|b| b.snapshot(connector, subject_key)) {
+            return Ok(answer);
+        }
         self.snapshots
             .load_one((connector.to_owned(), subject_key.to_owned()))
             .await
@@ -256,6 +321,9 @@ impl StoreReader for Loaders {
     }
 
     async fn current_extract(&self, connector: &str) -> ApiResult<Option<bulk_extract::Model>> {
+        if let Some(answer) = self.prepared(|b| b.current_extract(connector)) {
+            return Ok(answer);
+        }
         self.extracts
             .load_one(connector.to_owned())
             .await
@@ -267,6 +335,9 @@ impl StoreReader for Loaders {
         extract_id: &str,
         subject_key: &str,
     ) -> ApiResult<Vec<bulk_record::Model>> {
+        if let Some(answer) = self.prepared(|b| b.bulk_rows(extract_id, subject_key)) {
+            return Ok(answer);
+        }
         Ok(self
             .bulk_rows
             .load_one((extract_id.to_owned(), subject_key.to_owned()))
@@ -280,6 +351,9 @@ impl StoreReader for Loaders {
         connector: &str,
         subject_key: &str,
     ) -> ApiResult<Vec<rejected_record::Model>> {
+        if let Some(answer) = self.prepared(|b| b.rejected(connector, subject_key)) {
+            return Ok(answer);
+        }
         Ok(self
             .rejected
             .load_one((connector.to_owned(), subject_key.to_owned()))
@@ -289,6 +363,9 @@ impl StoreReader for Loaders {
     }
 
     async fn plan_items(&self, person_id: &str) -> ApiResult<Vec<Item>> {
+        if let Some(answer) = self.prepared(|b| b.plan_items(person_id)) {
+            return Ok(answer);
+        }
         Ok(self
             .plan_items
             .load_one(person_id.to_owned())

@@ -302,6 +302,11 @@ async fn load_snapshot(
 /// costs a fixed number of queries, not a few per person.
 #[async_trait::async_trait]
 pub trait StoreReader: Send + Sync {
+    /// Told, before a view of `person_id` asks for anything, every (connector, subject key)
+    /// it may ask about, so a reader that can fetch them together does. Others do nothing.
+    async fn prepare(&self, _person_id: &str, _subjects: &[(String, String)]) -> ApiResult<()> {
+        Ok(())
+    }
     /// The stored snapshot of one subject from one live connector.
     async fn snapshot(
         &self,
@@ -567,6 +572,21 @@ async fn bulk(
     Ok(stream)
 }
 
+/// The connectors a view asks, in configuration order, each with the subject it asks about:
+/// those within `allowed` (all when `None`) that know one of the person's identifiers.
+pub fn asked<'a>(
+    registry: &'a Registry,
+    identifiers: &'a [(IdentifierScheme, String)],
+    allowed: Option<&'a [String]>,
+) -> impl Iterator<Item = (&'a std::sync::Arc<dyn Connector>, Subject)> + 'a {
+    registry
+        .all()
+        .filter(move |c| {
+            allowed.is_none_or(|ids| ids.iter().any(|id| id == c.settings().id.as_str()))
+        })
+        .filter_map(|connector| Some((connector, connector.subject(identifiers)?)))
+}
+
 /// Every stream the person is known to, gathered concurrently, in configuration order.
 /// `allowed` limits which streams are asked at all (an agency's consented streams).
 pub async fn gather(
@@ -576,20 +596,14 @@ pub async fn gather(
     identifiers: &[(IdentifierScheme, String)],
     allowed: Option<&[String]>,
 ) -> ApiResult<Vec<StreamInput>> {
-    let tasks = registry
-        .all()
-        .filter(|c| allowed.is_none_or(|ids| ids.iter().any(|id| id == c.settings().id.as_str())))
-        .filter_map(|connector| {
-            let subject = connector.subject(identifiers)?;
-            Some(async move {
-                match connector.shape() {
-                    Shape::Live => live(store, connector.as_ref(), &subject).await,
-                    Shape::Bulk => bulk(store, connector.as_ref(), &subject)
-                        .await
-                        .map(Asked::Done),
-                }
-            })
-        });
+    let tasks = asked(registry, identifiers, allowed).map(|(connector, subject)| async move {
+        match connector.shape() {
+            Shape::Live => live(store, connector.as_ref(), &subject).await,
+            Shape::Bulk => bulk(store, connector.as_ref(), &subject)
+                .await
+                .map(Asked::Done),
+        }
+    });
     let mut streams = Vec::new();
     let mut fetched = Vec::new();
     for asked in futures::future::join_all(tasks).await {

@@ -1,0 +1,210 @@
+//! A PostgreSQL view's store reads in one statement.
+//!
+//! A combined budget read one statement at a time is a chain of round trips: the snapshots and
+//! the current extracts, then the extract's rows, then the plan items, then their shares. Each
+//! round trip costs the hub and the server a wake-up and a few system calls, and on a 2-core
+//! machine those, not the reads, were most of the served path's CPU on PostgreSQL. So before a
+//! view asks, its loaders ask PostgreSQL once for everything the view can ask about (see
+//! `StoreReader::prepare`): one prepared statement whose parameters are the (connector, subject
+//! key) pairs and person ids of every view on the page, answering with each table's rows as a
+//! JSON array, built by the server.
+//!
+//! What a [`Bundle`] holds is exactly what the single reads would return, including absence: a
+//! pair it was asked about with no snapshot has none. Anything it was not asked about is left
+//! to the single reads. SQLite reads inline (`sqlite_reads`), where a round trip is a function
+//! call, so it has no bundle.
+
+use std::collections::{HashMap, HashSet};
+
+use connectors::PersonRecords;
+use entities::{
+    bulk_extract, bulk_record, funding_share, plan_item, rejected_record, upstream_snapshot,
+};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+use crate::budget::assemble::SourceMeta;
+use crate::error::{ApiError, ApiResult};
+use crate::services::plan::{self, Item};
+use crate::services::sources::decode_snapshot;
+
+/// `$1`: the pairs, as a JSON array of `{"connector", "subject_key"}`; `$2`: the person ids,
+/// as a JSON array of strings. Rows come in the order the single reads give them.
+///
+/// Each table is read by index, one lookup per pair or person (`LATERAL`, kept apart by
+/// `OFFSET 0` so the planner cannot merge it into a join): the planner cannot see how many
+/// pairs a JSON parameter holds, guesses 100, and with that guess chose to scan whole tables.
+const SQL: &str = r#"
+WITH want AS (
+    SELECT DISTINCT w.connector, w.subject_key
+    FROM json_to_recordset($1::json) AS w(connector text, subject_key text)
+), people AS (
+    SELECT DISTINCT p.id FROM json_array_elements_text($2::json) AS p(id)
+), extracts AS (
+    SELECT e.* FROM bulk_extracts e
+    WHERE e.current AND e.connector IN (SELECT connector FROM want)
+), items AS (
+    SELECT i.* FROM people p CROSS JOIN LATERAL (
+        SELECT * FROM plan_items i WHERE i.person_id = p.id OFFSET 0
+    ) i
+)
+SELECT
+    (SELECT coalesce(json_agg(s), '[]') FROM want w CROSS JOIN LATERAL (
+        SELECT * FROM upstream_snapshots s
+        WHERE s.connector = w.connector AND s.subject_key = w.subject_key OFFSET 0
+    ) s)::text AS snapshots,
+    (SELECT coalesce(json_agg(e), '[]') FROM extracts e)::text AS extracts,
+    (SELECT coalesce(json_agg(r ORDER BY r.id), '[]')
+        FROM extracts e JOIN want w ON w.connector = e.connector CROSS JOIN LATERAL (
+            SELECT * FROM bulk_records r
+            WHERE r.extract_id = e.id AND r.subject_key = w.subject_key OFFSET 0
+        ) r)::text AS bulk_rows,
+    (SELECT coalesce(json_agg(x ORDER BY x.id), '[]')
+        FROM extracts e JOIN want w ON w.connector = e.connector AND e.rejected_count > 0
+        CROSS JOIN LATERAL (
+            SELECT * FROM rejected_records x
+            WHERE x.connector = w.connector AND x.subject_key = w.subject_key OFFSET 0
+        ) x)::text AS rejected,
+    (SELECT coalesce(json_agg(i ORDER BY i.id), '[]') FROM items i)::text AS items,
+    (SELECT coalesce(json_agg(f ORDER BY f.position), '[]') FROM items i CROSS JOIN LATERAL (
+        SELECT * FROM funding_shares f WHERE f.plan_item_id = i.id OFFSET 0
+    ) f)::text AS shares
+"#;
+
+/// Everything the views of one page can ask the store, read at once.
+#[derive(Debug, Default)]
+pub struct Bundle {
+    pairs: HashSet<(String, String)>,
+    people: HashSet<String>,
+    snapshots: HashMap<(String, String), (PersonRecords, SourceMeta)>,
+    extracts: HashMap<String, bulk_extract::Model>,
+    bulk_rows: HashMap<(String, String), Vec<bulk_record::Model>>,
+    rejected: HashMap<(String, String), Vec<rejected_record::Model>>,
+    plan_items: HashMap<String, Vec<Item>>,
+}
+
+fn column<T: serde::de::DeserializeOwned>(
+    row: &sea_orm::QueryResult,
+    name: &str,
+) -> ApiResult<Vec<T>> {
+    let text: String = row.try_get("", name)?;
+    serde_json::from_str(&text).map_err(|e| ApiError::internal(e, "reading a view's rows"))
+}
+
+/// Reads, in one statement, what views of `people` asking about `pairs` can ask.
+pub async fn read(
+    db: &impl ConnectionTrait,
+    pairs: &[(String, String)],
+    people: &[String],
+) -> ApiResult<Bundle> {
+    let want: Vec<serde_json::Value> = pairs
+        .iter()
+        .map(|(connector, subject_key)| {
+            serde_json::json!({ "connector": connector, "subject_key": subject_key })
+        })
+        .collect();
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        SQL,
+        [
+            serde_json::Value::Array(want).to_string().into(),
+            serde_json::json!(people).to_string().into(),
+        ],
+    );
+    let row = db
+        .query_one_raw(statement)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the view's read returned no row")))?;
+    let mut bundle = Bundle {
+        pairs: pairs.iter().cloned().collect(),
+        people: people.iter().cloned().collect(),
+        ..Bundle::default()
+    };
+    for snapshot in column::<upstream_snapshot::Model>(&row, "snapshots")? {
+        let key = (snapshot.connector.clone(), snapshot.subject_key.clone());
+        bundle.snapshots.insert(key, decode_snapshot(snapshot)?);
+    }
+    for extract in column::<bulk_extract::Model>(&row, "extracts")? {
+        bundle.extracts.insert(extract.connector.clone(), extract);
+    }
+    for record in column::<bulk_record::Model>(&row, "bulk_rows")? {
+        bundle
+            .bulk_rows
+            .entry((record.extract_id.clone(), record.subject_key.clone()))
+            .or_default()
+            .push(record);
+    }
+    for rejected in column::<rejected_record::Model>(&row, "rejected")? {
+        if let Some(subject) = rejected.subject_key.clone() {
+            bundle
+                .rejected
+                .entry((rejected.connector.clone(), subject))
+                .or_default()
+                .push(rejected);
+        }
+    }
+    let items = column::<plan_item::Model>(&row, "items")?;
+    let shares = column::<funding_share::Model>(&row, "shares")?;
+    bundle.plan_items = plan::group_by_person(items, shares)?;
+    Ok(bundle)
+}
+
+impl Bundle {
+    /// The stored snapshot, if this bundle was asked about the pair.
+    pub fn snapshot(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> Option<Option<(PersonRecords, SourceMeta)>> {
+        let key = (connector.to_owned(), subject_key.to_owned());
+        self.pairs
+            .contains(&key)
+            .then(|| self.snapshots.get(&key).cloned())
+    }
+
+    /// The connector's current extract, if this bundle was asked about the connector.
+    pub fn current_extract(&self, connector: &str) -> Option<Option<bulk_extract::Model>> {
+        self.pairs
+            .iter()
+            .any(|(c, _)| c == connector)
+            .then(|| self.extracts.get(connector).cloned())
+    }
+
+    /// One subject's rows of a current extract, if this bundle was asked about them.
+    pub fn bulk_rows(
+        &self,
+        extract_id: &str,
+        subject_key: &str,
+    ) -> Option<Vec<bulk_record::Model>> {
+        let extract = self.extracts.values().find(|e| e.id == extract_id)?;
+        let key = (extract.connector.clone(), subject_key.to_owned());
+        self.pairs.contains(&key).then(|| {
+            self.bulk_rows
+                .get(&(extract_id.to_owned(), subject_key.to_owned()))
+                .cloned()
+                .unwrap_or_default()
+        })
+    }
+
+    /// One subject's rejected rows of a connector, if this bundle read them: it reads them for
+    /// a pair whose connector's current extract rejected some.
+    pub fn rejected(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> Option<Vec<rejected_record::Model>> {
+        let key = (connector.to_owned(), subject_key.to_owned());
+        let read = self.pairs.contains(&key)
+            && self
+                .extracts
+                .get(connector)
+                .is_some_and(|e| e.rejected_count > 0);
+        read.then(|| self.rejected.get(&key).cloned().unwrap_or_default())
+    }
+
+    /// A person's plan items, if this bundle was asked about the person.
+    pub fn plan_items(&self, person_id: &str) -> Option<Vec<Item>> {
+        self.people
+            .contains(person_id)
+            .then(|| self.plan_items.get(person_id).cloned().unwrap_or_default())
+    }
+}
