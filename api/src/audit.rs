@@ -100,13 +100,16 @@ impl ReadRecorder {
             let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut group = Vec::with_capacity(MAX_GROUP);
-            // Whether groups were written since the last checkpoint began.
+            // Whether anything was written since the last checkpoint began.
             let mut written = false;
             loop {
                 let first = tokio::select! {
                     first = receiver.recv() => first,
-                    _ = tick.tick(), if written => {
-                        if let Some(c) = checkpoints.as_mut() {
+                    _ = tick.tick(), if checkpoints.is_some() => {
+                        // Groups written here, or any other write this process committed
+                        // (the server's pool leaves the log to this checkpointer too).
+                        written |= crate::db::take_sqlite_written();
+                        if written && let Some(c) = checkpoints.as_mut() {
                             // Not waited for: the next group goes on meanwhile.
                             written = c.start().is_none();
                         }

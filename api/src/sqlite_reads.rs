@@ -92,6 +92,21 @@ impl SqliteReads {
     /// file: a PostgreSQL URL, an in-memory database no other connection can see, another VFS,
     /// or a store opened read-only or immutable (the audit writer must not write to those).
     pub fn open(url: &str, queries: Arc<AtomicU64>) -> Option<Self> {
+        let path = Self::file(url)?;
+        Some(Self {
+            path,
+            idle: std::sync::Mutex::new(Vec::new()),
+            queries,
+        })
+    }
+
+    /// Whether [`SqliteReads::open`] takes `url`: then the server's audit writer, and its
+    /// background checkpointer, run on that file too.
+    pub fn accepts(url: &str) -> bool {
+        Self::file(url).is_some()
+    }
+
+    fn file(url: &str) -> Option<PathBuf> {
         let declined = [":memory:", "mode=memory", "mode=ro", "vfs=", "immutable="];
         if !url.starts_with("sqlite:") || declined.iter().any(|d| url.contains(d)) {
             return None;
@@ -102,11 +117,7 @@ impl SqliteReads {
         if name.is_empty() {
             return None;
         }
-        Some(Self {
-            path,
-            idle: std::sync::Mutex::new(Vec::new()),
-            queries,
-        })
+        Some(path)
     }
 
     /// The store's file.

@@ -60,7 +60,7 @@ impl Application {
         auth: Authenticator,
         secrets: &Secrets,
     ) -> anyhow::Result<Self> {
-        let mut db = crate::db::connect(&settings.database).await?;
+        let mut db = crate::db::connect_server(&settings.database).await?;
         crate::db::migrate(&db).await?;
         // Counted from here on, so a test can see how many queries a request costs.
         let queries = Arc::new(AtomicU64::new(0));
