@@ -528,9 +528,10 @@ async fn queries_for_page(app: &TestApp, first: usize) -> u64 {
     app.queries.load(std::sync::atomic::Ordering::SeqCst) - before
 }
 
-#[tokio::test]
-async fn many_peoples_budgets_cost_a_fixed_number_of_queries() {
-    let app = spawn_app(Backend::Sqlite).await;
+/// The demo world on `backend` with a plan item for the first person (drawing on phb), and
+/// every partner's answers stored by a sync. Returns the app and the people's ids.
+async fn synced_world_with_a_plan(backend: Backend) -> (TestApp, Vec<String>) {
+    let app = spawn_app(backend).await;
     let ids = app.register_world().await;
     let token = app.person(&ids[0]);
     app.gql_as(
@@ -541,11 +542,17 @@ async fn many_peoples_budgets_cost_a_fixed_number_of_queries() {
     )
     .await
     .data();
-    // Every snapshot stored and young, so no partner is asked during the count.
     let noop = |_: u64, _: u64| {};
     tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
         .await
         .unwrap();
+    (app, ids)
+}
+
+#[tokio::test]
+async fn many_peoples_budgets_cost_a_fixed_number_of_queries() {
+    // Every snapshot stored and young, so no partner is asked during the count.
+    let (app, _) = synced_world_with_a_plan(Backend::Sqlite).await;
     let few = queries_for_page(&app, 5).await;
     let many = queries_for_page(&app, 50).await;
     // Unbatched, each person costs about eight queries (400 for 50). Batched, the count does
@@ -684,21 +691,8 @@ async fn rejected_extract_rows_are_read_only_when_the_extract_has_some() {
 /// budgets in a fixed number too.
 #[tokio::test]
 async fn a_postgres_view_reads_the_store_in_two_statements() {
-    let app = spawn_app(Backend::Postgres).await;
-    let ids = app.register_world().await;
+    let (app, ids) = synced_world_with_a_plan(Backend::Postgres).await;
     let token = app.person(&ids[0]);
-    app.gql_as(
-        Some(&token),
-        None,
-        ADD,
-        wheelchair(&ids[0], json!([{ "streamId": "phb", "percent": "100" }])),
-    )
-    .await
-    .data();
-    let noop = |_: u64, _: u64| {};
-    tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
-        .await
-        .unwrap();
     let count = || app.queries.load(std::sync::atomic::Ordering::SeqCst);
     // The person alone: their read and the audit log's record of it.
     let before = count();
@@ -1177,21 +1171,7 @@ async fn the_postgres_bundle_reads_exactly_what_sea_orm_reads() {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
     use tributary::services::{plan, sources::decode_snapshot};
 
-    let app = spawn_app(Backend::Postgres).await;
-    let ids = app.register_world().await;
-    let token = app.person(&ids[0]);
-    app.gql_as(
-        Some(&token),
-        None,
-        ADD,
-        wheelchair(&ids[0], json!([{ "streamId": "phb", "percent": "100" }])),
-    )
-    .await
-    .data();
-    let noop = |_: u64, _: u64| {};
-    tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
-        .await
-        .unwrap();
+    let (app, ids) = synced_world_with_a_plan(Backend::Postgres).await;
     let snapshots = upstream_snapshot::Entity::find()
         .all(&app.db)
         .await
