@@ -53,40 +53,12 @@ impl Perf {
                 .await?;
         }
         self.child.wait().await?;
-        let output = tokio::process::Command::new("perf")
-            .args([
-                "report",
-                "--no-children",
-                "--sort",
-                "symbol",
-                "--stdio",
-                "-g",
-                "none",
-                "-i",
-            ])
-            .arg(&self.data)
-            .output()
-            .await?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let text =
+            String::from_utf8_lossy(&report(&self.data, &["--no-children"]).await?).into_owned();
         std::fs::write(self.data.with_extension("txt"), &text)?;
         if self.call_graph {
-            let children = tokio::process::Command::new("perf")
-                .args([
-                    "report",
-                    "--children",
-                    "--sort",
-                    "symbol",
-                    "--stdio",
-                    "-g",
-                    "none",
-                    "--percent-limit",
-                    "0.5",
-                    "-i",
-                ])
-                .arg(&self.data)
-                .output()
-                .await?;
-            std::fs::write(self.data.with_extension("children.txt"), &children.stdout)?;
+            let children = report(&self.data, &["--children", "--percent-limit", "0.5"]).await?;
+            std::fs::write(self.data.with_extension("children.txt"), children)?;
         }
         Ok(text
             .lines()
@@ -95,4 +67,16 @@ impl Perf {
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .collect())
     }
+}
+
+/// `perf report` of `data` by symbol, without call chains, with `extra` options.
+async fn report(data: &Path, extra: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let output = tokio::process::Command::new("perf")
+        .arg("report")
+        .args(extra)
+        .args(["--sort", "symbol", "--stdio", "-g", "none", "-i"])
+        .arg(data)
+        .output()
+        .await?;
+    Ok(output.stdout)
 }

@@ -62,11 +62,13 @@ pub async fn super_budget(
 ) -> ApiResult<BudgetView> {
     let scope = access::budget_scope(db, principal, &person.id).await?;
     let identifiers = person.identifier_pairs();
-    let subjects: Vec<(String, String)> = sources::asked(registry, &identifiers, scope.as_deref())
+    let asked: Vec<_> = sources::asked(registry, &identifiers, scope.as_deref()).collect();
+    let subjects: Vec<(String, String)> = asked
+        .iter()
         .map(|(connector, subject)| (connector.settings().id.0.clone(), subject.key()))
         .collect();
     store.prepare(&person.id, &subjects).await?;
-    let streams = sources::gather(db, store, registry, &identifiers, scope.as_deref()).await?;
+    let streams = sources::gather(db, store, &asked).await?;
     // Every item counts against the streams it draws on; `commitments` keeps only the shares
     // on streams the caller may see, so a mixed item still commits its visible share.
     let items = store.plan_items(&person.id).await?;

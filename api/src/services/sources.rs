@@ -573,7 +573,8 @@ async fn bulk(
 }
 
 /// The connectors a view asks, in configuration order, each with the subject it asks about:
-/// those within `allowed` (all when `None`) that know one of the person's identifiers.
+/// those within `allowed` (all when `None`; an agency's consented streams) that know one of
+/// the person's identifiers.
 pub fn asked<'a>(
     registry: &'a Registry,
     identifiers: &'a [(IdentifierScheme, String)],
@@ -587,19 +588,17 @@ pub fn asked<'a>(
         .filter_map(|connector| Some((connector, connector.subject(identifiers)?)))
 }
 
-/// Every stream the person is known to, gathered concurrently, in configuration order.
-/// `allowed` limits which streams are asked at all (an agency's consented streams).
+/// The streams of the connectors `asked` (see [`asked`]), gathered concurrently, in that
+/// order.
 pub async fn gather(
     db: &DatabaseConnection,
     store: &dyn StoreReader,
-    registry: &Registry,
-    identifiers: &[(IdentifierScheme, String)],
-    allowed: Option<&[String]>,
+    asked: &[(&std::sync::Arc<dyn Connector>, Subject)],
 ) -> ApiResult<Vec<StreamInput>> {
-    let tasks = asked(registry, identifiers, allowed).map(|(connector, subject)| async move {
+    let tasks = asked.iter().map(|(connector, subject)| async move {
         match connector.shape() {
-            Shape::Live => live(store, connector.as_ref(), &subject).await,
-            Shape::Bulk => bulk(store, connector.as_ref(), &subject)
+            Shape::Live => live(store, connector.as_ref(), subject).await,
+            Shape::Bulk => bulk(store, connector.as_ref(), subject)
                 .await
                 .map(Asked::Done),
         }
