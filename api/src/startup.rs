@@ -9,6 +9,7 @@ use actix_web::dev::Server;
 use actix_web::http::header;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
+use async_graphql::ValidationMode;
 use async_graphql::http::GraphiQLSource;
 use connectors::{Registry, Secrets, Shape};
 use sea_orm::DatabaseConnection;
@@ -25,6 +26,8 @@ pub const PURPOSE_HEADER: &str = "Tributary-Purpose";
 
 struct HttpState {
     schema: TributarySchema,
+    /// The same schema without the full validation, for query texts it has passed before.
+    checked_before: TributarySchema,
     auth: Arc<Authenticator>,
     db: DatabaseConnection,
     reader: crate::reader::Reader,
@@ -120,22 +123,19 @@ impl Application {
             .with_context(|| format!("failed to bind server.bind = {}", settings.server.bind))?;
         let port = listener.local_addr()?.port();
         let dev = settings.server.dev;
-        let schema = build_schema(
-            AppContext {
-                db: db.clone(),
-                connectors: settings.connectors.clone(),
-                registry: registry.clone(),
-                reader: reader.clone(),
-                anchors: match (&settings.audit.anchor_dir, settings.anchor_key()?) {
-                    (Some(dir), Some(key)) => Some((dir.clone(), key)),
-                    _ => None,
-                },
+        let app = AppContext {
+            db: db.clone(),
+            connectors: settings.connectors.clone(),
+            registry: registry.clone(),
+            reader: reader.clone(),
+            anchors: match (&settings.audit.anchor_dir, settings.anchor_key()?) {
+                (Some(dir), Some(key)) => Some((dir.clone(), key)),
+                _ => None,
             },
-            dev,
-            &settings.limits,
-        );
+        };
         let state = web::Data::new(HttpState {
-            schema,
+            schema: build_schema(app.clone(), dev, &settings.limits, ValidationMode::Strict),
+            checked_before: build_schema(app, dev, &settings.limits, ValidationMode::Fast),
             auth: Arc::new(auth),
             db: db.clone(),
             reads: crate::audit::ReadRecorder::start(db.clone(), reader.sqlite().cloned()),
@@ -306,26 +306,37 @@ async fn graphql(
         Ok(batch) => batch,
         Err(e) => return refuse(&Refusal::Malformed(e.to_string()), &request_id),
     };
-    if let Err(refusal) = limits::check_batch(&mut batch, &state.limits, &state.documents) {
-        return refuse(&refusal, &request_id);
-    }
+    let parsed = match limits::check_batch(&mut batch, &state.limits, &state.documents) {
+        Ok(parsed) => parsed,
+        Err(refusal) => return refuse(&refusal, &request_id),
+    };
     let role = principal.role;
     let reads = Arc::new(crate::graphql::ReadLog::default());
-    let run = |request: async_graphql::Request| {
-        state.schema.execute(
-            request
-                .data(principal.clone())
-                .data(crate::graphql::loaders::Loaders::new(&state.reader))
-                .data(reads.clone()),
-        )
+    let run = async |request: async_graphql::Request, parsed: Option<Arc<limits::Parsed>>| {
+        let request = request
+            .data(principal.clone())
+            .data(crate::graphql::loaders::Loaders::new(&state.reader))
+            .data(reads.clone());
+        match parsed {
+            Some(parsed) if parsed.validated() => state.checked_before.execute(request).await,
+            Some(parsed) => {
+                let response = state.schema.execute(request).await;
+                parsed.note_validated(&response);
+                response
+            }
+            None => state.schema.execute(request).await,
+        }
     };
     let batched = matches!(batch, async_graphql::BatchRequest::Batch(_));
+    let mut parsed = parsed.into_iter();
     let mut responses = match batch {
-        async_graphql::BatchRequest::Single(request) => vec![run(request).await],
+        async_graphql::BatchRequest::Single(request) => {
+            vec![run(request, parsed.next().flatten()).await]
+        }
         async_graphql::BatchRequest::Batch(requests) => {
             let mut out = Vec::with_capacity(requests.len());
             for request in requests {
-                out.push(run(request).await);
+                out.push(run(request, parsed.next().flatten()).await);
             }
             out
         }

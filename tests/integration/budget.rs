@@ -504,6 +504,44 @@ async fn a_window_is_a_financial_year_or_from_and_to() {
     }
 }
 
+#[tokio::test]
+async fn a_query_text_that_passed_validation_still_refuses_bad_variables() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let q = "query($id: ID!, $from: Date, $to: Date) { person(id: $id) { superBudget(from: $from, to: $to) { gross { amount } } } }";
+    let bad = [
+        json!({ "id": ids[0], "from": "2026-02-30", "to": "2026-09-30" }),
+        json!({ "id": ids[0], "from": 20260401, "to": "2026-09-30" }),
+        json!({ "id": { "x": 1 }, "from": "2026-04-01", "to": "2026-09-30" }),
+    ];
+    // Before the text has passed the full rules, they refuse a value of the wrong type for
+    // its argument before anything runs (an error of the request, naming no field).
+    let first = app.gql_as(Some(&token), None, q, bad[2].clone()).await;
+    assert_eq!(first.code(), Some("BAD_USER_INPUT"), "{}", first.body);
+    assert!(first.body["data"].is_null(), "{}", first.body);
+    assert!(first.body["errors"][0]["path"].is_null(), "{}", first.body);
+    let good = json!({ "id": ids[0], "from": "2026-04-01", "to": "2026-09-30" });
+    let answered = app.gql_as(Some(&token), None, q, good).await;
+    assert!(answered.data()["person"]["superBudget"]["gross"]["amount"].is_string());
+    // After it, the rules are not run again, and the field that reads a bad value refuses it:
+    // the error names that field, and nothing of the person's is answered.
+    for variables in bad {
+        let r = app.gql_as(Some(&token), None, q, variables.clone()).await;
+        assert_eq!(r.code(), Some("BAD_USER_INPUT"), "{variables}: {}", r.body);
+        assert!(
+            r.body["errors"][0]["path"][0].is_string(),
+            "{variables}: the rules ran again: {}",
+            r.body
+        );
+        assert!(
+            r.body["data"].is_null() || r.body["data"]["person"].is_null(),
+            "{variables}: {}",
+            r.body
+        );
+    }
+}
+
 /// Queries one request costs: the page of people, each with budget and plan.
 async fn queries_for_page(app: &TestApp, first: usize) -> u64 {
     let auditor = app.token("test-auditor", tributary::auth::Role::Auditor);
