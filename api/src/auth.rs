@@ -118,7 +118,25 @@ pub struct Principal {
 pub struct Authenticator {
     keys: Keys,
     validation: Validation,
+    /// Tokens verified before, by their whole text (signature included, so a changed token is
+    /// another key): a portal sends the same token with every request, and checking its
+    /// signature again is the same answer at a cost (for RS256 or ES256, more than the rest
+    /// of a served budget). Its expiry is still checked at every use.
+    verified: std::sync::Mutex<std::collections::HashMap<String, Verified>>,
 }
+
+/// What a verified token says, kept until it expires.
+#[derive(Clone)]
+struct Verified {
+    sub: String,
+    role: Role,
+    acts_for: Vec<String>,
+    agency: Option<String>,
+    exp: i64,
+}
+
+/// The most verified tokens kept; the set is emptied when full.
+const VERIFIED_MAX: usize = 4096;
 
 enum Keys {
     /// One shared secret.
@@ -151,6 +169,7 @@ impl Authenticator {
         Self {
             keys: Keys::Shared(DecodingKey::from_secret(secret.expose_secret().as_bytes())),
             validation: Self::validation(settings, Algorithm::HS256),
+            verified: Default::default(),
         }
     }
 
@@ -180,6 +199,7 @@ impl Authenticator {
         Ok(Self {
             keys: Keys::ByKid(keys),
             validation: Self::validation(settings, algorithm),
+            verified: Default::default(),
         })
     }
 
@@ -216,6 +236,45 @@ impl Authenticator {
         purpose: Option<String>,
         request_id: String,
     ) -> Result<Principal, ApiError> {
+        let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
+        self.authenticate_at(token, purpose, request_id, now)
+    }
+
+    /// As [`Authenticator::authenticate`], with `now` (seconds since the epoch) the time a
+    /// token verified before is checked against.
+    fn authenticate_at(
+        &self,
+        token: &str,
+        purpose: Option<String>,
+        request_id: String,
+        now: i64,
+    ) -> Result<Principal, ApiError> {
+        let purpose = purpose.filter(|p| !p.trim().is_empty());
+        let known = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(token)
+            .cloned();
+        if let Some(known) = known {
+            let leeway = i64::try_from(self.validation.leeway).unwrap_or(i64::MAX);
+            if known.exp < now.saturating_sub(leeway) {
+                tracing::debug!(request_id, "token refused: expired");
+                self.verified
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(token);
+                return Err(ApiError::Unauthenticated);
+            }
+            return Ok(Principal {
+                sub: known.sub,
+                role: known.role,
+                acts_for: known.acts_for,
+                agency: known.agency,
+                purpose,
+                request_id,
+            });
+        }
         let refuse = |reason: &str| {
             tracing::debug!(request_id, reason, "token refused");
             ApiError::Unauthenticated
@@ -251,12 +310,29 @@ impl Authenticator {
             tracing::debug!(request_id, "token refused: empty sub or agency");
             return Err(ApiError::Unauthenticated);
         }
-        Ok(Principal {
+        let known = Verified {
             sub: claims.sub,
             role,
             acts_for: claims.acts_for,
             agency: claims.agency,
-            purpose: purpose.filter(|p| !p.trim().is_empty()),
+            exp: claims.exp,
+        };
+        {
+            let mut verified = self
+                .verified
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+            verified.insert(token.to_owned(), known.clone());
+        }
+        Ok(Principal {
+            sub: known.sub,
+            role,
+            acts_for: known.acts_for,
+            agency: known.agency,
+            purpose,
             request_id,
         })
     }
@@ -321,5 +397,64 @@ impl TokenIssuer {
             &claims,
             &self.key,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AuthSettings {
+        AuthSettings {
+            issuer: "tributary-test".into(),
+            audience: "tributary".into(),
+            ..AuthSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_token_verified_before_is_still_refused_once_expired_or_changed() {
+        let secret = SecretString::from("a-test-secret-of-enough-length-for-hs256");
+        let auth = Authenticator::hs256(&settings(), &secret);
+        let token = TokenIssuer::hs256(&settings(), &secret)
+            .issue("p-1", Role::Person, Vec::new(), None, 60)
+            .unwrap();
+        let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap();
+        let caller = auth
+            .authenticate_at(&token, None, "r1".into(), now)
+            .unwrap();
+        assert_eq!((caller.sub.as_str(), caller.role), ("p-1", Role::Person));
+        // Verified again from what was kept, with this request's own purpose and id.
+        let again = auth
+            .authenticate_at(&token, Some("review".into()), "r2".into(), now)
+            .unwrap();
+        assert_eq!(
+            (
+                again.sub.as_str(),
+                again.purpose.as_deref(),
+                again.request_id.as_str()
+            ),
+            ("p-1", Some("review"), "r2")
+        );
+        // A changed signature is another text, verified afresh, and refused.
+        let at = token.len() - 6;
+        let was = &token[at..=at];
+        let forged = format!(
+            "{}{}{}",
+            &token[..at],
+            if was == "x" { "y" } else { "x" },
+            &token[at + 1..]
+        );
+        assert!(
+            auth.authenticate_at(&forged, None, "r3".into(), now)
+                .is_err()
+        );
+        // Past its expiry and the leeway, the kept token is refused too.
+        let leeway = i64::try_from(settings().leeway_secs).unwrap();
+        let later = now + 60 + leeway + 2;
+        assert!(matches!(
+            auth.authenticate_at(&token, None, "r4".into(), later),
+            Err(ApiError::Unauthenticated)
+        ));
     }
 }
