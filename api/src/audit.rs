@@ -86,15 +86,17 @@ impl std::fmt::Debug for PendingReads {
 }
 
 impl ReadRecorder {
-    /// Starts the writer task on the current Tokio runtime. With a SQLite file store
-    /// (`local`), the group is written by a connection of the writer's own on a blocking
-    /// thread (see [`SqliteGroupWriter`]); otherwise through sea-orm.
+    /// Starts the writer. With a SQLite file store (`local`), the group is written by a
+    /// connection of the writer's own, on a thread of the writer's own (see
+    /// [`SqliteGroupWriter`]); otherwise through sea-orm, as a task on the current Tokio
+    /// runtime.
     pub fn start(
         db: DatabaseConnection,
         local: Option<std::sync::Arc<crate::sqlite_reads::SqliteReads>>,
     ) -> Self {
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<PendingReads>(4 * MAX_GROUP);
-        tokio::spawn(async move {
+        let on_own_thread = local.is_some();
+        let writer = async move {
             let mut sqlite = local.map(|l| SqliteGroupWriter::new(l.path().to_path_buf()));
             let mut checkpoints = sqlite.as_ref().map(|w| Checkpointer::new(w.path.clone()));
             let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
@@ -137,7 +139,29 @@ impl ReadRecorder {
                     let _ = pending.done.send(outcome.clone());
                 }
             }
-        });
+        };
+        if !on_own_thread {
+            tokio::spawn(writer);
+            return Self { sender };
+        }
+        // SQLite's writes block: on a thread of its own, the writer runs them inline, with no
+        // hand-off to a blocking pool and back (two thread wake-ups a group).
+        let started = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(writer),
+                    Err(e) => tracing::error!(error = %e, "the audit writer could not start"),
+                }
+            });
+        if let Err(e) = started {
+            // Every request that reads personal data is then refused: its reads cannot be
+            // recorded (see `record`).
+            tracing::error!(error = %e, "the audit writer's thread could not start");
+        }
         Self { sender }
     }
 
@@ -302,9 +326,8 @@ fn event_row(
 }
 
 /// The group commit of [`ReadRecorder`] on a SQLite file store. Through sqlx a group costs six
-/// statements, each a round trip to the connection's own thread; here the writer hands the
-/// whole group to a blocking thread once, which appends it in one immediate transaction on a
-/// connection of its own. It takes this process's SQLite write turn first, like every writer
+/// statements, each a round trip to the connection's own thread; here the writer's own thread
+/// appends the whole group in one immediate transaction on a connection of its own. It takes this process's SQLite write turn first, like every writer
 /// (see `db::begin_write`), and stores what sea-orm would store, so `verify` and every read
 /// see the same chain.
 struct SqliteGroupWriter {
@@ -320,27 +343,15 @@ impl SqliteGroupWriter {
         }
     }
 
-    async fn write(&mut self, group: &mut Vec<PendingReads>) -> ApiResult<()> {
+    /// Writes `group` inline: the writer has a thread of its own (see [`ReadRecorder::start`]).
+    async fn write(&mut self, group: &mut [PendingReads]) -> ApiResult<()> {
         let turn = crate::db::sqlite_write_turn().await;
-        let path = self.path.clone();
-        let connection = self.connection.take();
-        let pending = std::mem::take(group);
-        let joined = tokio::task::spawn_blocking(move || {
-            let outcome = match connection {
-                Some(c) => Ok(c),
-                None => open_writer(&path),
-            }
-            .and_then(|mut c| {
-                let written = append_sqlite(&mut c, &pending);
-                written.map(|()| c)
-            });
-            (outcome, pending)
-        })
-        .await;
+        let outcome = match self.connection.take() {
+            Some(c) => Ok(c),
+            None => open_writer(&self.path),
+        }
+        .and_then(|mut c| append_sqlite(&mut c, group).map(|()| c));
         drop(turn);
-        let (outcome, pending) =
-            joined.map_err(|e| ApiError::internal(e, "the audit writer's thread stopped"))?;
-        *group = pending;
         match outcome {
             Ok(connection) => {
                 self.connection = Some(connection);
