@@ -104,6 +104,8 @@ impl ReadRecorder {
             let mut group = Vec::with_capacity(MAX_GROUP);
             // Whether anything was written since the last checkpoint began.
             let mut written = false;
+            // The chain's head as the last group left it (see `write_group`).
+            let mut head = None;
             loop {
                 let first = tokio::select! {
                     first = receiver.recv() => first,
@@ -128,7 +130,7 @@ impl ReadRecorder {
                 }
                 let outcome = match sqlite.as_mut() {
                     Some(writer) => writer.write(&mut group).await,
-                    None => write_group(&db, &group).await,
+                    None => write_group(&db, &group, &mut head).await,
                 };
                 written |= checkpoints.is_some() && outcome.is_ok();
                 let outcome = outcome.map_err(|e| {
@@ -200,7 +202,23 @@ fn read_event<'a>(person_id: Option<&'a str>, action: &'a str) -> NewEvent<'a> {
     }
 }
 
-async fn write_group(db: &DatabaseConnection, group: &[PendingReads]) -> ApiResult<()> {
+/// Events one statement of [`write_group`]'s short path carries at most (13 values each;
+/// PostgreSQL binds at most 65,535 values a statement).
+const ONE_STATEMENT_EVENTS: usize = 500;
+
+/// Writes a group through sea-orm: PostgreSQL, or a SQLite store that is not a file.
+///
+/// The locked path takes five statements and a commit, each a round trip: lock the head, read
+/// it, insert, move the head, commit. On PostgreSQL the writer remembers the head its last
+/// group left (`head`) and first tries one statement that moves the head only if it is still
+/// there and inserts the events only if it moved. Another writer (a mutation's, a sync
+/// process's) moves the head in between only now and then; then that statement changes
+/// nothing, and the locked path writes the group.
+async fn write_group(
+    db: &DatabaseConnection,
+    group: &[PendingReads],
+    head: &mut Option<(i64, String)>,
+) -> ApiResult<()> {
     let events: Vec<Vec<NewEvent<'_>>> = group
         .iter()
         .map(|p| {
@@ -215,11 +233,80 @@ async fn write_group(db: &DatabaseConnection, group: &[PendingReads]) -> ApiResu
         .zip(&events)
         .map(|(p, e)| (&p.actor, e.as_slice()))
         .collect();
+    let count: usize = events.iter().map(Vec::len).sum();
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres
+        && count <= ONE_STATEMENT_EVENTS
+        && let Some(expected) = head.take()
+    {
+        let (statement, moved) = append_if_head_is(&expected, &groups);
+        if db.execute_raw(statement).await?.rows_affected() == count as u64 {
+            *head = Some(moved);
+            return Ok(());
+        }
+    }
     let write = begin_write(db).await?;
     let txn = write.txn();
-    append_groups(txn, &groups).await?;
+    let moved = append_groups(txn, &groups).await?;
     write.commit().await?;
+    *head = moved;
     Ok(())
+}
+
+/// One PostgreSQL statement that appends `groups` after `expected` (seq, hash) only if the
+/// head is still there, moving the head to the returned (seq, hash) in the same statement.
+fn append_if_head_is(
+    expected: &(i64, String),
+    groups: &[(&Principal, &[NewEvent<'_>])],
+) -> (sea_orm::Statement, (i64, String)) {
+    let (mut seq, mut prev) = expected.clone();
+    let mut values: Vec<sea_orm::Value> = Vec::new();
+    let mut rows = Vec::new();
+    // $1, $2: the new head; $3, $4: the expected one; then 13 values an event.
+    let mut n = 4;
+    for (actor, events) in groups {
+        for event in *events {
+            seq += 1;
+            let (id, at, detail, hash) = next_event(seq, &prev, actor, event);
+            let marks: Vec<String> = (n + 1..=n + 13).map(|i| format!("${i}")).collect();
+            n += 13;
+            rows.push(format!("({})", marks.join(", ")));
+            values.extend([
+                seq.into(),
+                id.into(),
+                at.into(),
+                actor.sub.clone().into(),
+                actor.role.as_str().to_owned().into(),
+                actor.agency.clone().into(),
+                event.person_id.map(str::to_owned).into(),
+                event.action.to_owned().into(),
+                detail.into(),
+                actor.purpose.clone().into(),
+                actor.request_id.clone().into(),
+                prev.clone().into(),
+                hash.clone().into(),
+            ]);
+            prev = hash;
+        }
+    }
+    let mut all: Vec<sea_orm::Value> = vec![
+        seq.into(),
+        prev.clone().into(),
+        expected.0.into(),
+        expected.1.clone().into(),
+    ];
+    all.extend(values);
+    let sql = format!(
+        "WITH head AS (UPDATE audit_head SET seq = $1, hash = $2 \
+         WHERE id = 1 AND seq = $3 AND hash = $4 RETURNING id) \
+         INSERT INTO audit_events (seq, id, at, actor_sub, actor_role, agency, person_id, \
+         action, detail, purpose, request_id, prev_hash, hash) \
+         SELECT * FROM (VALUES {}) AS v WHERE EXISTS (SELECT 1 FROM head)",
+        rows.join(", ")
+    );
+    (
+        sea_orm::Statement::from_sql_and_values(sea_orm::DatabaseBackend::Postgres, sql, all),
+        (seq, prev),
+    )
 }
 
 /// Appends events in order inside `txn`, which must come from [`begin_write`].
@@ -228,17 +315,18 @@ pub async fn append_many(
     actor: &Principal,
     events: &[NewEvent<'_>],
 ) -> ApiResult<()> {
-    append_groups(txn, &[(actor, events)]).await
+    append_groups(txn, &[(actor, events)]).await.map(|_| ())
 }
 
 /// Appends several actors' events in order inside `txn`, which must come from
 /// [`begin_write`]: the group commit of [`ReadRecorder`].
+/// Returns the head it left (`None` when there was nothing to append).
 async fn append_groups(
     txn: &DatabaseTransaction,
     groups: &[(&Principal, &[NewEvent<'_>])],
-) -> ApiResult<()> {
+) -> ApiResult<Option<(i64, String)>> {
     if groups.iter().all(|(_, events)| events.is_empty()) {
-        return Ok(());
+        return Ok(None);
     }
     let head = audit_head::Entity::find_by_id(1)
         .one(txn)
@@ -265,11 +353,11 @@ async fn append_groups(
     audit_head::ActiveModel {
         id: Set(1),
         seq: Set(seq),
-        hash: Set(prev),
+        hash: Set(prev.clone()),
     }
     .update(txn)
     .await?;
-    Ok(())
+    Ok(Some((seq, prev)))
 }
 
 /// The next event's id, time, serialised detail and hash, chained from `prev_hash`.

@@ -957,3 +957,63 @@ async fn an_agency_cannot_change_or_replay_an_item_on_an_unconsented_stream() {
     assert_eq!(r.code(), Some("CONFLICT"));
     assert_eq!(app.count("plan_items").await, 1);
 }
+
+#[tokio::test]
+async fn on_postgres_a_requests_reads_are_recorded_in_one_statement_and_the_chain_holds() {
+    let app = spawn_app(Backend::Postgres).await;
+    let ids = app.register_world().await;
+    let token = app.person(&ids[0]);
+    let ask = || {
+        app.gql_as(
+            Some(&token),
+            None,
+            "query($id: ID!) { person(id: $id) { id } }",
+            json!({ "id": ids[0] }),
+        )
+    };
+    let count = || app.queries.load(Ordering::SeqCst);
+    // The first record takes the locked path, and the writer learns where the head is.
+    app.warm_audit_writer(&ids[0]).await;
+    let before = count();
+    ask().await.data();
+    assert_eq!(
+        count() - before,
+        2,
+        "the person's read and one statement recording it"
+    );
+    // Another writer moves the head: the next record finds it moved, takes the locked path,
+    // and chains after that writer's event.
+    let other = tributary::auth::Principal {
+        sub: "test-admin".into(),
+        role: Role::Admin,
+        acts_for: Vec::new(),
+        agency: None,
+        purpose: None,
+        request_id: "outside".into(),
+    };
+    let write = audit::begin_write(&app.db).await.unwrap();
+    audit::append(
+        write.txn(),
+        &other,
+        audit::NewEvent {
+            action: "test.outside",
+            person_id: None,
+            detail: Value::Null,
+        },
+    )
+    .await
+    .unwrap();
+    write.commit().await.unwrap();
+    let before = count();
+    ask().await.data();
+    assert!(count() - before > 2, "the moved head went unnoticed");
+    ask().await.data();
+    let ChainStatus::Holds { events, .. } = audit::verify(&app.db).await.unwrap() else {
+        panic!("the chain should hold")
+    };
+    let reads: i64 = app
+        .scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'person.read'")
+        .await;
+    assert_eq!(reads, 4, "every read recorded once");
+    assert!(events >= 5, "{events}");
+}

@@ -704,6 +704,7 @@ async fn rejected_extract_rows_are_read_only_when_the_extract_has_some() {
         tributary::services::sync::run(&app.db, &app.registry, 8, &noop)
             .await
             .unwrap();
+        app.warm_audit_writer(&ids[0]).await;
         let served = || async {
             let before = app.queries.load(std::sync::atomic::Ordering::SeqCst);
             app.budget(&ids[0]).await;
@@ -732,6 +733,7 @@ async fn a_postgres_view_reads_the_store_in_two_statements() {
     let (app, ids) = synced_world_with_a_plan(Backend::Postgres).await;
     let token = app.person(&ids[0]);
     let count = || app.queries.load(std::sync::atomic::Ordering::SeqCst);
+    app.warm_audit_writer(&ids[0]).await;
     // The person alone: their read and the audit log's record of it.
     let before = count();
     let response = app
@@ -1081,6 +1083,7 @@ async fn a_first_view_keeps_its_partners_answers_in_one_transaction() {
         let cost = |app: &TestApp| {
             i64::try_from(app.queries.load(std::sync::atomic::Ordering::SeqCst)).unwrap()
         };
+        app.warm_audit_writer(&ids[0]).await;
         let before = cost(&app);
         let first = app.budget(&ids[0]).await;
         let after_first = cost(&app);
