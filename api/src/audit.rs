@@ -237,12 +237,11 @@ async fn write_group(
     if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres
         && count <= ONE_STATEMENT_EVENTS
         && let Some(expected) = head.take()
+        && let Some((statement, moved)) = append_if_head_is(&expected, &groups)
+        && db.execute_raw(statement).await?.rows_affected() == count as u64
     {
-        let (statement, moved) = append_if_head_is(&expected, &groups);
-        if db.execute_raw(statement).await?.rows_affected() == count as u64 {
-            *head = Some(moved);
-            return Ok(());
-        }
+        *head = Some(moved);
+        return Ok(());
     }
     let write = begin_write(db).await?;
     let txn = write.txn();
@@ -254,59 +253,61 @@ async fn write_group(
 
 /// One PostgreSQL statement that appends `groups` after `expected` (seq, hash) only if the
 /// head is still there, moving the head to the returned (seq, hash) in the same statement.
+/// The columns and values are the entity's own, as sea-orm would insert them.
 fn append_if_head_is(
     expected: &(i64, String),
     groups: &[(&Principal, &[NewEvent<'_>])],
-) -> (sea_orm::Statement, (i64, String)) {
-    let (mut seq, mut prev) = expected.clone();
-    let mut values: Vec<sea_orm::Value> = Vec::new();
-    let mut rows = Vec::new();
-    // $1, $2: the new head; $3, $4: the expected one; then 13 values an event.
-    let mut n = 4;
-    for (actor, events) in groups {
-        for event in *events {
-            seq += 1;
-            let (id, at, detail, hash) = next_event(seq, &prev, actor, event);
-            let marks: Vec<String> = (n + 1..=n + 13).map(|i| format!("${i}")).collect();
-            n += 13;
-            rows.push(format!("({})", marks.join(", ")));
-            values.extend([
-                seq.into(),
-                id.into(),
-                at.into(),
-                actor.sub.clone().into(),
-                actor.role.as_str().to_owned().into(),
-                actor.agency.clone().into(),
-                event.person_id.map(str::to_owned).into(),
-                event.action.to_owned().into(),
-                detail.into(),
-                actor.purpose.clone().into(),
-                actor.request_id.clone().into(),
-                prev.clone().into(),
-                hash.clone().into(),
-            ]);
-            prev = hash;
-        }
-    }
-    let mut all: Vec<sea_orm::Value> = vec![
-        seq.into(),
-        prev.clone().into(),
+) -> Option<(sea_orm::Statement, (i64, String))> {
+    use sea_orm::{IdenStatic, Iterable};
+    let (rows, moved) = chained(expected.clone(), groups);
+    let columns: Vec<audit_event::Column> = audit_event::Column::iter().collect();
+    // $1, $2: the new head; $3, $4: the expected one; then each event's columns.
+    let mut values: Vec<sea_orm::Value> = vec![
+        moved.0.into(),
+        moved.1.clone().into(),
         expected.0.into(),
         expected.1.clone().into(),
     ];
-    all.extend(values);
+    let mut tuples = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let first = values.len() + 1;
+        for &column in &columns {
+            values.push(row.get(column).into_value()?);
+        }
+        let marks: Vec<String> = (first..=values.len()).map(|i| format!("${i}")).collect();
+        tuples.push(format!("({})", marks.join(", ")));
+    }
+    let names: Vec<&str> = columns.iter().map(|c| c.as_str()).collect();
     let sql = format!(
         "WITH head AS (UPDATE audit_head SET seq = $1, hash = $2 \
          WHERE id = 1 AND seq = $3 AND hash = $4 RETURNING id) \
-         INSERT INTO audit_events (seq, id, at, actor_sub, actor_role, agency, person_id, \
-         action, detail, purpose, request_id, prev_hash, hash) \
+         INSERT INTO audit_events ({}) \
          SELECT * FROM (VALUES {}) AS v WHERE EXISTS (SELECT 1 FROM head)",
-        rows.join(", ")
+        names.join(", "),
+        tuples.join(", ")
     );
-    (
-        sea_orm::Statement::from_sql_and_values(sea_orm::DatabaseBackend::Postgres, sql, all),
-        (seq, prev),
-    )
+    Some((
+        sea_orm::Statement::from_sql_and_values(sea_orm::DatabaseBackend::Postgres, sql, values),
+        moved,
+    ))
+}
+
+/// `groups`' events chained after `head` (seq, hash): their rows, and the head they leave.
+fn chained(
+    head: (i64, String),
+    groups: &[(&Principal, &[NewEvent<'_>])],
+) -> (Vec<audit_event::ActiveModel>, (i64, String)) {
+    let (mut seq, mut prev) = head;
+    let mut rows = Vec::with_capacity(groups.iter().map(|(_, e)| e.len()).sum());
+    for (actor, events) in groups {
+        for event in *events {
+            seq += 1;
+            let (row, hash) = event_row(seq, &prev, actor, event);
+            rows.push(row);
+            prev = hash;
+        }
+    }
+    (rows, (seq, prev))
 }
 
 /// Appends events in order inside `txn`, which must come from [`begin_write`].
@@ -334,17 +335,7 @@ async fn append_groups(
         .ok_or_else(|| {
             ApiError::Internal(anyhow::anyhow!("the audit chain head row is missing"))
         })?;
-    let mut seq = head.seq;
-    let mut prev = head.hash;
-    let mut rows = Vec::with_capacity(groups.iter().map(|(_, e)| e.len()).sum());
-    for (actor, events) in groups {
-        for event in *events {
-            seq += 1;
-            let (row, hash) = event_row(seq, &prev, actor, event);
-            rows.push(row);
-            prev = hash;
-        }
-    }
+    let (rows, (seq, prev)) = chained((head.seq, head.hash), groups);
     for chunk in rows.chunks(500) {
         audit_event::Entity::insert_many(chunk.to_vec())
             .exec(txn)

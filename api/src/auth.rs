@@ -135,6 +135,20 @@ struct Verified {
     exp: i64,
 }
 
+impl Verified {
+    /// The caller of one request with this token.
+    fn principal(self, purpose: Option<String>, request_id: String) -> Principal {
+        Principal {
+            sub: self.sub,
+            role: self.role,
+            acts_for: self.acts_for,
+            agency: self.agency,
+            purpose,
+            request_id,
+        }
+    }
+}
+
 /// The most verified tokens kept; the set is emptied when full.
 const VERIFIED_MAX: usize = 4096;
 
@@ -266,14 +280,7 @@ impl Authenticator {
                     .remove(token);
                 return Err(ApiError::Unauthenticated);
             }
-            return Ok(Principal {
-                sub: known.sub,
-                role: known.role,
-                acts_for: known.acts_for,
-                agency: known.agency,
-                purpose,
-                request_id,
-            });
+            return Ok(known.principal(purpose, request_id));
         }
         let refuse = |reason: &str| {
             tracing::debug!(request_id, reason, "token refused");
@@ -327,14 +334,7 @@ impl Authenticator {
             }
             verified.insert(token.to_owned(), known.clone());
         }
-        Ok(Principal {
-            sub: known.sub,
-            role,
-            acts_for: known.acts_for,
-            agency: known.agency,
-            purpose,
-            request_id,
-        })
+        Ok(known.principal(purpose, request_id))
     }
 }
 
