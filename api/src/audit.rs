@@ -98,7 +98,9 @@ impl ReadRecorder {
         let on_own_thread = local.is_some();
         let writer = async move {
             let mut sqlite = local.map(|l| SqliteGroupWriter::new(l.path().to_path_buf()));
-            let mut checkpoints = sqlite.as_ref().map(|w| Checkpointer::new(w.path.clone()));
+            let mut checkpoints = sqlite
+                .as_ref()
+                .map(|w| Checkpointer::new(w.0.path().to_path_buf()));
             let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut group = Vec::with_capacity(MAX_GROUP);
@@ -406,40 +408,27 @@ fn event_row(
 
 /// The group commit of [`ReadRecorder`] on a SQLite file store. Through sqlx a group costs six
 /// statements, each a round trip to the connection's own thread; here the writer's own thread
-/// appends the whole group in one immediate transaction on a connection of its own. It takes this process's SQLite write turn first, like every writer
-/// (see `db::begin_write`), and stores what sea-orm would store, so `verify` and every read
-/// see the same chain.
-struct SqliteGroupWriter {
-    path: std::path::PathBuf,
-    connection: Option<rusqlite::Connection>,
-}
+/// appends the whole group in one immediate transaction of an inline writer (see
+/// `sqlite_writes`), which stores what sea-orm would store, so `verify` and every read see the
+/// same chain.
+struct SqliteGroupWriter(crate::sqlite_writes::SqliteWriter);
 
 impl SqliteGroupWriter {
     fn new(path: std::path::PathBuf) -> Self {
-        Self {
+        // On a thread of its own, the writer may wait out another process's write lock.
+        Self(crate::sqlite_writes::SqliteWriter::new(
             path,
-            connection: None,
-        }
+            std::time::Duration::from_secs(15),
+            None,
+        ))
     }
 
     /// Writes `group` inline: the writer has a thread of its own (see [`ReadRecorder::start`]).
     async fn write(&mut self, group: &mut [PendingReads]) -> ApiResult<()> {
-        let turn = crate::db::sqlite_write_turn().await;
-        let outcome = match self.connection.take() {
-            Some(c) => Ok(c),
-            None => open_writer(&self.path),
-        }
-        .and_then(|mut c| append_sqlite(&mut c, group).map(|()| c));
-        drop(turn);
-        match outcome {
-            Ok(connection) => {
-                self.connection = Some(connection);
-                Ok(())
-            }
-            // The connection is dropped (its transaction rolled back) and a new one is
-            // opened for the next group.
-            Err(e) => Err(ApiError::internal(e, "recording reads in the audit log")),
-        }
+        self.0
+            .transaction(|w| append_sqlite(w.connection(), group))
+            .await
+            .map_err(|e| ApiError::internal(e, "recording reads in the audit log"))
     }
 }
 
@@ -482,26 +471,11 @@ impl Checkpointer {
 }
 
 fn open_writer(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
-    let connection = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | rusqlite::OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    connection.busy_timeout(std::time::Duration::from_secs(15))?;
-    connection.pragma_update(None, "synchronous", "NORMAL")?;
-    connection.pragma_update(None, "foreign_keys", true)?;
-    // The background checkpointer copies the log back (see `Checkpointer`).
-    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
-    Ok(connection)
+    crate::sqlite_writes::open(path, std::time::Duration::from_secs(15))
 }
 
-/// Appends every pending request's reads, in arrival order, in one transaction.
-fn append_sqlite(
-    connection: &mut rusqlite::Connection,
-    group: &[PendingReads],
-) -> rusqlite::Result<()> {
-    let txn = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+/// Appends every pending request's reads, in arrival order, inside `txn`.
+fn append_sqlite(txn: &rusqlite::Connection, group: &[PendingReads]) -> rusqlite::Result<()> {
     let (mut seq, mut prev): (i64, String) =
         txn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -542,7 +516,7 @@ fn append_sqlite(
         "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
         rusqlite::params![seq, prev],
     )?;
-    txn.commit()
+    Ok(())
 }
 
 /// The fields an event's hash covers, in a fixed order.

@@ -142,6 +142,12 @@ pub fn take_sqlite_written() -> bool {
     SQLITE_WRITTEN.swap(false, std::sync::atomic::Ordering::AcqRel)
 }
 
+/// Tells the background checkpointer that a writer outside sea-orm (see `sqlite_writes`)
+/// committed.
+pub fn note_sqlite_written() {
+    SQLITE_WRITTEN.store(true, std::sync::atomic::Ordering::Release);
+}
+
 /// Waits for this process's SQLite write turn (see [`begin_write`]), for a writer that does
 /// not go through sea-orm.
 pub async fn sqlite_write_turn() -> tokio::sync::OwnedMutexGuard<()> {

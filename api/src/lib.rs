@@ -19,6 +19,7 @@ pub mod pg_reads;
 pub mod reader;
 pub mod services;
 pub mod sqlite_reads;
+pub mod sqlite_writes;
 pub mod startup;
 pub mod telemetry;
 

@@ -7,7 +7,8 @@
 //! (a person, their snapshots, the current extract's rows, rejected records, plan items)
 //! therefore go through here instead: a small pool of `rusqlite` connections, each used inline
 //! by whichever task needs it, so a read is a function call. Writes stay on sea-orm, in
-//! transactions.
+//! transactions, except a live view's snapshots, which go through the one inline writer kept
+//! here (see `sqlite_writes`).
 //!
 //! Each connection is `query_only`, so nothing here can write. No memory map: a mapped file's
 //! pages count in the server's resident memory, and a caseload's store is larger than its budget. In WAL mode a reader never waits
@@ -29,6 +30,7 @@ use entities::{
 use rusqlite::{Connection, OpenFlags, Row, params_from_iter};
 
 use crate::error::{ApiError, ApiResult};
+use crate::sqlite_writes::SqliteWriter;
 
 /// The most idle connections kept; more are opened when more tasks read at once.
 const MAX_IDLE: usize = 8;
@@ -43,6 +45,8 @@ pub struct SqliteReads {
     path: PathBuf,
     idle: std::sync::Mutex<Vec<Connection>>,
     queries: Arc<AtomicU64>,
+    /// The served path's one inline writer (a live view's snapshots; see `sqlite_writes`).
+    writer: SqliteWriter,
 }
 
 fn failed(e: rusqlite::Error) -> ApiError {
@@ -72,6 +76,58 @@ fn instant(row: &Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
         })
 }
 
+/// What a snapshot writer compares an answer with: each stored snapshot of any of
+/// `connectors` for any of `subjects` as (connector, subject key, version, content hash,
+/// fetched at), without its records. Read on `connection`, a writer's inside its transaction.
+pub fn stored_versions(
+    connection: &Connection,
+    connectors: &[&str],
+    subjects: &[&str],
+) -> rusqlite::Result<Vec<crate::services::sources::StoredVersion>> {
+    let sql = format!(
+        "SELECT connector, subject_key, version, content_hash, fetched_at \
+         FROM upstream_snapshots WHERE connector IN ({}) AND subject_key IN ({})",
+        marks(connectors.len()),
+        marks(subjects.len())
+    );
+    let values = connectors.iter().chain(subjects);
+    let mut statement = connection.prepare_cached(&sql)?;
+    statement
+        .query_map(params_from_iter(values), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, instant(r, 4)?))
+        })?
+        .collect()
+}
+
+/// Snapshots of any of `connectors` for any of `subjects`, read on `connection`.
+fn snapshot_rows(
+    connection: &Connection,
+    connectors: &[&str],
+    subjects: &[&str],
+) -> rusqlite::Result<Vec<upstream_snapshot::Model>> {
+    let sql = format!(
+        "SELECT id, connector, subject_key, version, content_hash, records, fetched_at \
+         FROM upstream_snapshots WHERE connector IN ({}) AND subject_key IN ({})",
+        marks(connectors.len()),
+        marks(subjects.len())
+    );
+    let values = connectors.iter().chain(subjects);
+    let mut statement = connection.prepare_cached(&sql)?;
+    statement
+        .query_map(params_from_iter(values), |r| {
+            Ok(upstream_snapshot::Model {
+                id: r.get(0)?,
+                connector: r.get(1)?,
+                subject_key: r.get(2)?,
+                version: r.get(3)?,
+                content_hash: r.get(4)?,
+                records: r.get(5)?,
+                fetched_at: instant(r, 6)?,
+            })
+        })?
+        .collect()
+}
+
 /// A stored date (`YYYY-MM-DD`).
 fn date(row: &Row<'_>, index: usize) -> rusqlite::Result<NaiveDate> {
     let text: String = row.get(index)?;
@@ -93,11 +149,20 @@ impl SqliteReads {
     /// or a store opened read-only or immutable (the audit writer must not write to those).
     pub fn open(url: &str, queries: Arc<AtomicU64>) -> Option<Self> {
         let path = Self::file(url)?;
+        // The writer runs on a request's own thread, so it never waits for another
+        // process's write lock: the caller then writes through the pool instead.
+        let writer = SqliteWriter::new(path.clone(), Duration::ZERO, Some(queries.clone()));
         Some(Self {
             path,
             idle: std::sync::Mutex::new(Vec::new()),
             queries,
+            writer,
         })
+    }
+
+    /// The inline writer over the same file.
+    pub fn writer(&self) -> &SqliteWriter {
+        &self.writer
     }
 
     /// Whether [`SqliteReads::open`] takes `url`: then the server's audit writer, and its
@@ -186,24 +251,8 @@ impl SqliteReads {
         if connectors.is_empty() || subjects.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT id, connector, subject_key, version, content_hash, records, fetched_at \
-             FROM upstream_snapshots WHERE connector IN ({}) AND subject_key IN ({})",
-            marks(connectors.len()),
-            marks(subjects.len())
-        );
-        let values: Vec<&str> = connectors.iter().chain(subjects).copied().collect();
-        self.rows(&sql, &values, |r| {
-            Ok(upstream_snapshot::Model {
-                id: r.get(0)?,
-                connector: r.get(1)?,
-                subject_key: r.get(2)?,
-                version: r.get(3)?,
-                content_hash: r.get(4)?,
-                records: r.get(5)?,
-                fetched_at: instant(r, 6)?,
-            })
-        })
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        self.with(|c| snapshot_rows(c, connectors, subjects))
     }
 
     /// The current extract of each of `connectors` that has one.

@@ -57,11 +57,12 @@ struct Args {
     /// The peer gateway's folder (package.json, mesh config, installed node_modules).
     #[arg(long, default_value = "bench/peer")]
     peer_dir: PathBuf,
-    /// Record a perf profile of the hub during each snapshot-served run (needs perf).
+    /// Record a perf profile of the hub during each snapshot-served run and each live
+    /// fan-out closed loop (needs perf).
     #[arg(long)]
     profile: bool,
     /// With --profile: record call graphs too (DWARF unwinding, fewer samples), and write each
-    /// frame's inclusive share (`perf-served-*.children.txt`).
+    /// frame's inclusive share (`perf-served-*.children.txt`, `perf-fanout-*.children.txt`).
     #[arg(long)]
     call_graph: bool,
     /// Override the larger ILF extract size (the smaller is a quarter of it).

@@ -484,8 +484,26 @@ pub async fn backend_suite(
         format!("hub p99 {:.2} ms", modest.p99_ms),
     );
     let before = procstat::read(hub.pid).unwrap_or_default();
+    let profiler = if args.profile {
+        Some(crate::profile::Perf::start(
+            hub.pid,
+            &args.out.join(format!("perf-fanout-{backend}.data")),
+            args.call_graph,
+        )?)
+    } else {
+        None
+    };
     let busy = load::run(&args.oha, &target, 32, None, plan.run).await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
+    if let Some(profiler) = profiler {
+        match profiler.finish().await {
+            Ok(top) => report.note(format!(
+                "{backend}: perf profile of the hub during the live fan-out run, top frames by own time: {}",
+                top.join("; ")
+            )),
+            Err(e) => report.note(format!("{backend}: the profile could not be taken: {e:#}")),
+        }
+    }
     let fanout_cpu = (after.cpu_secs - before.cpu_secs) / busy.ok.max(1) as f64 * 1e6;
     report.target(
         "cpu",

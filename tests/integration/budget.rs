@@ -1110,11 +1110,11 @@ async fn a_first_view_keeps_its_partners_answers_in_one_transaction() {
 /// Snapshots stored together follow the same rules as one at a time: a key twice in one
 /// batch is written once, as the later answer unless that is older than the earlier; rejected
 /// records are replaced with the snapshot they came with; an answer older than the stored one
-/// is kept out.
+/// is kept out. The same through sea-orm on both stores and inline on a SQLite file.
 #[tokio::test]
 async fn snapshots_stored_in_one_batch_keep_the_versioning_rules() {
     use connectors::{PersonRecords, Rejected};
-    use tributary::services::sources::{Stored, store_snapshots};
+    use tributary::services::sources::Stored;
 
     let records = |key: &str, version: &str, rejected: &[&str]| PersonRecords {
         subject_key: key.to_owned(),
@@ -1133,8 +1133,16 @@ async fn snapshots_stored_in_one_batch_keep_the_versioning_rules() {
             .collect(),
         ambiguities: Vec::new(),
     };
-    for backend in [Backend::Sqlite, Backend::Postgres] {
+    for (backend, inline) in [
+        (Backend::Sqlite, false),
+        (Backend::Sqlite, true),
+        (Backend::Postgres, false),
+    ] {
         let app = spawn_app(backend).await;
+        let local = inline.then(|| {
+            tributary::sqlite_reads::SqliteReads::open(&app.database_url, Default::default())
+                .expect("the test store is a SQLite file")
+        });
         let stored = |key: &'static str| {
             let db = app.db.clone();
             async move {
@@ -1156,14 +1164,15 @@ async fn snapshots_stored_in_one_batch_keep_the_versioning_rules() {
             records("NHS:1", "2", &["a2"]),
         );
         let (b3, b2) = (records("NHS:2", "3", &[]), records("NHS:2", "2", &["b2"]));
-        let out = store_snapshots(
+        let out = store_either(
+            local.as_ref(),
             &app.db,
             &[("phb", &a1), ("phb", &b3), ("phb", &a2), ("phb", &b2)],
         )
         .await
         .unwrap();
-        assert_eq!(out.len(), 4, "{backend:?}");
-        assert_eq!(out[3].1, Stored::Unchanged, "{backend:?}");
+        assert_eq!(out.len(), 4, "{backend:?} {inline}");
+        assert_eq!(out[3].1, Stored::Unchanged, "{backend:?} {inline}");
         assert_eq!(out[3].0.version.as_deref(), Some("3"), "{backend:?}");
         assert_eq!(stored("NHS:1").await, ["2"], "{backend:?}");
         assert_eq!(stored("NHS:2").await, ["3"], "{backend:?}");
@@ -1191,7 +1200,7 @@ async fn snapshots_stored_in_one_batch_keep_the_versioning_rules() {
             records("NHS:1", "0", &["a0"]),
             records("NHS:2", "4", &["b4"]),
         );
-        let out = store_snapshots(&app.db, &[("phb", &a0), ("phb", &b4)])
+        let out = store_either(local.as_ref(), &app.db, &[("phb", &a0), ("phb", &b4)])
             .await
             .unwrap();
         assert_eq!(out[0].1, Stored::Unchanged, "{backend:?}");
@@ -1200,6 +1209,176 @@ async fn snapshots_stored_in_one_batch_keep_the_versioning_rules() {
         assert_eq!(stored("NHS:1").await, ["2"], "{backend:?}");
         assert_eq!(stored("NHS:2").await, ["4"], "{backend:?}");
         assert_eq!(reasons().await, ["a2", "b4"], "{backend:?}");
+    }
+}
+
+/// Records with every kind of field the snapshot store keeps: an award with lines, a rejected
+/// record naming no subject (it takes the snapshot's), and text that needs escaping.
+fn full_records(key: &str, version: &str) -> connectors::PersonRecords {
+    use connectors::{Award, AwardLine, Counting, Frequency, PersonRecords, Rejected};
+    use rust_decimal::Decimal;
+    PersonRecords {
+        subject_key: key.to_owned(),
+        version: Some(version.to_owned()),
+        awards: vec![Award {
+            upstream_id: "PHB-1".into(),
+            version: Some(version.to_owned()),
+            purpose: "personal care, \"night\" support".into(),
+            delivery: Some("direct_payment".into()),
+            frequency: Frequency::FourWeekly,
+            amount: Decimal::new(123_457, 2),
+            contribution: None,
+            start_date: chrono::NaiveDate::from_ymd_opt(2026, 4, 1),
+            end_date: None,
+            review_date: chrono::NaiveDate::from_ymd_opt(2027, 1, 15),
+            payment_date: None,
+            status: "agreed".into(),
+            counting: Counting::Active,
+            lines: vec![AwardLine {
+                upstream_id: "L1".into(),
+                purpose: "personal_care".into(),
+                delivery: None,
+                description: Some("it's ünïcode; DROP TABLE x".into()),
+                amount: Decimal::new(123_457, 2),
+            }],
+        }],
+        payments: Vec::new(),
+        rejected: vec![Rejected {
+            upstream_id: Some("PHB-2".into()),
+            subject_key: None,
+            line: Some(7),
+            reason: "amount is not money".into(),
+            raw: r#"{"amount":"12.3.4"}"#.into(),
+        }],
+        ambiguities: vec!["two records".into()],
+    }
+}
+
+/// The inline snapshot writer stores exactly what sea-orm stores: sea-orm reads back every
+/// column of its snapshot and rejected rows, the instants to the nanosecond and as the same
+/// text sqlx writes, and what the writer answered is what was stored.
+#[tokio::test]
+async fn sea_orm_reads_back_exactly_what_the_inline_snapshot_writer_wrote() {
+    use entities::{rejected_record, upstream_snapshot};
+    use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement};
+    use tributary::services::sources::{Stored, content_hash, decode_snapshot};
+
+    let app = spawn_app(Backend::Sqlite).await;
+    let local = tributary::sqlite_reads::SqliteReads::open(&app.database_url, Default::default())
+        .expect("the test store is a SQLite file");
+    let (inline, pooled) = (full_records("NHS:1", "3"), full_records("NHS:2", "3"));
+    let by_inline = store_either(Some(&local), &app.db, &[("phb", &inline)])
+        .await
+        .unwrap();
+    let by_pool = store_either(None, &app.db, &[("phb", &pooled)])
+        .await
+        .unwrap();
+    for ((meta, stored), records) in [(&by_inline[0], &inline), (&by_pool[0], &pooled)] {
+        assert_eq!(*stored, Stored::Changed);
+        let row = upstream_snapshot::Entity::find()
+            .filter(upstream_snapshot::Column::SubjectKey.eq(records.subject_key.clone()))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .expect("the snapshot is stored");
+        assert_eq!(row.connector, "phb");
+        assert_eq!(row.version.as_deref(), Some("3"));
+        assert_eq!(row.records, serde_json::to_string(records).unwrap());
+        assert_eq!(row.content_hash, content_hash(&row.records));
+        assert_eq!(row.fetched_at, meta.fetched_at, "to the nanosecond");
+        let (decoded, stored_meta) = decode_snapshot(row).unwrap();
+        assert_eq!(&decoded, records);
+        assert_eq!(&stored_meta, meta);
+
+        let rejected = rejected_record::Entity::find()
+            .filter(rejected_record::Column::SubjectKey.eq(records.subject_key.clone()))
+            .all(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(rejected.len(), 1);
+        let r = &rejected[0];
+        assert_eq!(r.connector, "phb");
+        assert_eq!(r.upstream_id.as_deref(), Some("PHB-2"));
+        assert_eq!(r.line_number, Some(7));
+        assert_eq!(r.reason, "amount is not money");
+        assert_eq!(r.raw, r#"{"amount":"12.3.4"}"#);
+        assert_eq!(r.fetched_at, meta.fetched_at);
+    }
+    // Stored as the same text, so instants compare and sort alike whoever wrote them.
+    let texts = app
+        .db
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT s.subject_key, s.fetched_at, r.fetched_at FROM upstream_snapshots s \
+             JOIN rejected_records r ON r.subject_key = s.subject_key ORDER BY s.subject_key",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(texts.len(), 2);
+    for (row, meta) in texts.iter().zip([&by_inline[0].0, &by_pool[0].0]) {
+        let expected = meta
+            .fetched_at
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+        assert_eq!(row.try_get_by_index::<String>(1).unwrap(), expected);
+        assert_eq!(row.try_get_by_index::<String>(2).unwrap(), expected);
+    }
+}
+
+/// While another process holds the store's write lock, the inline writer does not wait on
+/// the request's thread: it rolls back and the snapshots are stored through the pool, which
+/// waits its turn; nothing is lost.
+#[tokio::test]
+async fn the_inline_snapshot_writer_leaves_a_locked_store_to_the_pool() {
+    use std::sync::atomic::Ordering;
+    use tributary::services::sources::Stored;
+
+    let app = spawn_app(Backend::Sqlite).await;
+    let local = std::sync::Arc::new(
+        tributary::sqlite_reads::SqliteReads::open(&app.database_url, Default::default())
+            .expect("the test store is a SQLite file"),
+    );
+    let other = rusqlite::Connection::open(local.path()).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let pool_before = app.queries.load(Ordering::Relaxed);
+    let storing = tokio::spawn({
+        let (local, db) = (local.clone(), app.db.clone());
+        async move {
+            let records = full_records("NHS:1", "1");
+            store_either(Some(&local), &db, &[("phb", &records)]).await
+        }
+    });
+    // The pool's read of the stored versions runs beside the lock; its write waits for it.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while app.queries.load(Ordering::Relaxed) == pool_before {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the snapshots went to the pool");
+    assert!(!storing.is_finished(), "the pool waits for the lock");
+    other.execute_batch("COMMIT").unwrap();
+    let out = storing.await.unwrap().unwrap();
+    assert_eq!(out[0].1, Stored::Changed);
+    let snapshots = local.snapshots(&["phb"], &["NHS:1"]).unwrap();
+    assert_eq!(snapshots.len(), 1);
+    assert_eq!(snapshots[0].fetched_at, out[0].0.fetched_at);
+}
+
+/// Stores snapshots inline on `local`'s writer, or through sea-orm.
+async fn store_either(
+    local: Option<&tributary::sqlite_reads::SqliteReads>,
+    db: &sea_orm::DatabaseConnection,
+    fetched: &[(&str, &connectors::PersonRecords)],
+) -> tributary::error::ApiResult<
+    Vec<(
+        tributary::budget::assemble::SourceMeta,
+        tributary::services::sources::Stored,
+    )>,
+> {
+    use tributary::services::sources;
+    match local {
+        Some(l) => sources::store_snapshots_inline(db, l.writer(), fetched).await,
+        None => sources::store_snapshots(db, fetched).await,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::pg_bundle::{self, Bundle};
 use crate::reader::Reader;
 use crate::services::plan::{self, Item};
-use crate::services::sources::{StoreReader, decode_snapshot};
+use crate::services::sources::{self, StoreReader, Stored, decode_snapshot};
 
 type Shared<E> = Arc<E>;
 
@@ -256,6 +256,8 @@ pub struct Loaders {
     /// On PostgreSQL: the page's views read at once, then answered from memory.
     bundles: Option<DataLoader<Bundles>>,
     prepared: std::sync::Mutex<Vec<Arc<Bundle>>>,
+    /// On a SQLite file: its inline reads and writer.
+    sqlite: Option<Arc<crate::sqlite_reads::SqliteReads>>,
 }
 
 impl Loaders {
@@ -274,6 +276,7 @@ impl Loaders {
             bundles: (reader.get_database_backend() == DbBackend::Postgres)
                 .then(|| batched(Bundles(reader.clone()))),
             prepared: std::sync::Mutex::new(Vec::new()),
+            sqlite: reader.sqlite().cloned(),
         }
     }
 
@@ -360,6 +363,17 @@ impl StoreReader for Loaders {
             .await
             .map_err(unshare)?
             .unwrap_or_default())
+    }
+
+    async fn store_snapshots(
+        &self,
+        db: &sea_orm::DatabaseConnection,
+        fetched: &[(&str, &PersonRecords)],
+    ) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+        match &self.sqlite {
+            Some(local) => sources::store_snapshots_inline(db, local.writer(), fetched).await,
+            None => sources::store_snapshots(db, fetched).await,
+        }
     }
 
     async fn plan_items(&self, person_id: &str) -> ApiResult<Vec<Item>> {

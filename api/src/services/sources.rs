@@ -11,6 +11,7 @@ use entities::{bulk_extract, bulk_record, rejected_record, upstream_snapshot};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QuerySelect,
 };
 use sha2::{Digest, Sha256};
 
@@ -57,47 +58,150 @@ pub async fn store_snapshots(
     db: &DatabaseConnection,
     fetched: &[(&str, &PersonRecords)],
 ) -> ApiResult<Vec<(SourceMeta, Stored)>> {
-    let mut prepared = Vec::with_capacity(fetched.len());
-    for &(connector, records) in fetched {
-        let json = records_json(records)?;
-        let hash = content_hash(&json);
-        prepared.push((connector, records, json, hash));
-    }
+    let prepared = prepare(fetched)?;
     let now = Utc::now();
     let write = crate::db::begin_write(db).await?;
     let txn = write.txn();
-    // The stored versions and hashes of the whole batch, in one query (inside the
+    // The stored versions and hashes of the whole batch, in one query a chunk (inside the
     // transaction, so nothing can slip in between the check and the write).
-    let mut connectors: Vec<&str> = prepared.iter().map(|p| p.0).collect();
-    connectors.sort_unstable();
-    connectors.dedup();
-    let subjects: Vec<&str> = prepared.iter().map(|p| p.1.subject_key.as_str()).collect();
-    let mut stored_now: HashMap<(String, String), upstream_snapshot::Model> = HashMap::new();
-    for chunk in subjects.chunks(500) {
-        for row in upstream_snapshot::Entity::find()
-            .filter(upstream_snapshot::Column::Connector.is_in(connectors.iter().copied()))
-            .filter(upstream_snapshot::Column::SubjectKey.is_in(chunk.iter().copied()))
-            .all(txn)
-            .await?
-        {
-            stored_now.insert((row.connector.to_owned(), row.subject_key.clone()), row);
+    let (connectors, subjects) = keys(&prepared);
+    let mut stored_now = Vec::new();
+    for chunk in subjects.chunks(ROWS_A_STATEMENT) {
+        use upstream_snapshot::Column;
+        stored_now.extend(
+            upstream_snapshot::Entity::find()
+                .select_only()
+                .columns([
+                    Column::Connector,
+                    Column::SubjectKey,
+                    Column::Version,
+                    Column::ContentHash,
+                    Column::FetchedAt,
+                ])
+                .filter(Column::Connector.is_in(connectors.iter().copied()))
+                .filter(Column::SubjectKey.is_in(chunk.iter().copied()))
+                .into_tuple::<StoredVersion>()
+                .all(txn)
+                .await?,
+        );
+    }
+    let (out, writes) = decide(&prepared, stored_now, now);
+    for statement in write_statements(db.get_database_backend(), &writes, now) {
+        txn.execute_raw(statement).await?;
+    }
+    write.commit().await?;
+    Ok(out)
+}
+
+/// [`store_snapshots`] on a SQLite file, inline on `writer`'s connection (see
+/// `sqlite_writes`): the same reads, decisions and statements, with no hand-off to sqlx's
+/// connection thread. The writer does not wait for another process's write lock (it runs on
+/// the request's own thread); when it cannot write at once, or fails, its transaction is rolled
+/// back whole and the snapshots are stored through sea-orm instead.
+pub async fn store_snapshots_inline(
+    db: &DatabaseConnection,
+    writer: &crate::sqlite_writes::SqliteWriter,
+    fetched: &[(&str, &PersonRecords)],
+) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+    let prepared = prepare(fetched)?;
+    let now = Utc::now();
+    let inline = writer
+        .transaction(|w| {
+            let (connectors, subjects) = keys(&prepared);
+            let mut stored_now = Vec::new();
+            for chunk in subjects.chunks(ROWS_A_STATEMENT) {
+                w.counted();
+                stored_now.extend(crate::sqlite_reads::stored_versions(
+                    w.connection(),
+                    &connectors,
+                    chunk,
+                )?);
+            }
+            let (out, writes) = decide(&prepared, stored_now, now);
+            for statement in write_statements(sea_orm::DbBackend::Sqlite, &writes, now) {
+                w.execute(&statement)?;
+            }
+            Ok(out)
+        })
+        .await;
+    match inline {
+        Ok(out) => Ok(out),
+        Err(error) => {
+            tracing::info!(error = %error, "storing snapshots inline failed; storing them through the pool");
+            store_snapshots(db, fetched).await
         }
     }
-    // Decide every answer first, then write them together: one upsert statement per chunk of
-    // snapshots, not one each (on PostgreSQL a statement is a round trip, and the sync writes
-    // hundreds of thousands). A key that comes twice in one batch is written once, as the
-    // later answer, checked against the earlier one as if that had been stored first.
+}
+
+/// One fetch to store, serialised.
+struct Prepared<'a> {
+    connector: &'a str,
+    records: &'a PersonRecords,
+    json: String,
+    hash: String,
+}
+
+fn prepare<'a>(fetched: &[(&'a str, &'a PersonRecords)]) -> ApiResult<Vec<Prepared<'a>>> {
+    fetched
+        .iter()
+        .map(|&(connector, records)| {
+            let json = records_json(records)?;
+            let hash = content_hash(&json);
+            Ok(Prepared {
+                connector,
+                records,
+                json,
+                hash,
+            })
+        })
+        .collect()
+}
+
+/// The connectors (each once) and subjects of a batch, whose stored snapshots are read.
+fn keys<'a>(prepared: &[Prepared<'a>]) -> (Vec<&'a str>, Vec<&'a str>) {
+    let mut connectors: Vec<&str> = prepared.iter().map(|p| p.connector).collect();
+    connectors.sort_unstable();
+    connectors.dedup();
+    let subjects = prepared
+        .iter()
+        .map(|p| p.records.subject_key.as_str())
+        .collect();
+    (connectors, subjects)
+}
+
+/// A stored snapshot as a writer compares an answer with it: connector, subject key,
+/// version, content hash and when it was fetched.
+pub type StoredVersion = (String, String, Option<String>, String, DateTime<Utc>);
+
+/// Decides every answer of a batch against the snapshots stored now: what each stream
+/// serves, and what is written. A key that comes twice in one batch is written once, as the
+/// later answer, checked against the earlier one as if that had been stored first.
+fn decide<'p, 'a>(
+    prepared: &'p [Prepared<'a>],
+    stored_now: Vec<StoredVersion>,
+    now: DateTime<Utc>,
+) -> (Vec<(SourceMeta, Stored)>, Vec<Write<'p, 'a>>) {
+    type Key = (String, String);
+    let stored_now: HashMap<Key, (Option<String>, String, DateTime<Utc>)> = stored_now
+        .into_iter()
+        .map(|(connector, subject, version, hash, at)| ((connector, subject), (version, hash, at)))
+        .collect();
     let mut out = Vec::with_capacity(prepared.len());
-    let mut writes: Vec<Write<'_>> = Vec::new();
+    let mut writes: Vec<Write<'p, 'a>> = Vec::new();
     let mut pending: HashMap<(&str, &str), usize> = HashMap::new();
-    for (connector, records, json, hash) in prepared {
+    for p in prepared {
+        let (connector, records, hash) = (p.connector, p.records, p.hash.as_str());
         let key = (connector, records.subject_key.as_str());
         let earlier = pending.get(&key).map(|&i| &writes[i]);
         let previous: Option<(Option<&str>, &str, DateTime<Utc>)> = match earlier {
-            Some(w) => Some((w.records.version.as_deref(), w.hash.as_str(), now)),
+            Some(w) => Some((
+                w.prepared.records.version.as_deref(),
+                w.prepared.hash.as_str(),
+                now,
+            )),
             None => stored_now
                 .get(&(connector.to_owned(), records.subject_key.clone()))
-                .map(|p| (p.version.as_deref(), p.content_hash.as_str(), p.fetched_at)),
+                .map(|(version, hash, at)| (version.as_deref(), hash.as_str(), *at)),
         };
         if let Some((version, stored_hash, fetched_at)) = previous
             && is_older(records.version.as_deref(), version)
@@ -128,15 +232,12 @@ pub async fn store_snapshots(
                 connector: connector.to_owned(),
                 version: records.version.clone(),
                 fetched_at: now,
-                content_hash: hash.clone(),
+                content_hash: hash.to_owned(),
             },
             stored,
         ));
         let write = Write {
-            connector,
-            records,
-            json,
-            hash,
+            prepared: p,
             replace_rejected: replace_rejected || earlier.is_some_and(|w| w.replace_rejected),
         };
         match pending.get(&key) {
@@ -147,17 +248,12 @@ pub async fn store_snapshots(
             }
         }
     }
-    write_snapshots(txn, writes, now).await?;
-    write.commit().await?;
-    Ok(out)
+    (out, writes)
 }
 
-/// One snapshot [`store_snapshots`] writes.
-struct Write<'a> {
-    connector: &'a str,
-    records: &'a PersonRecords,
-    json: String,
-    hash: String,
+/// One snapshot [`decide`] writes.
+struct Write<'p, 'a> {
+    prepared: &'p Prepared<'a>,
     /// Whether the subject's kept rejected records are replaced by these records' own.
     replace_rejected: bool,
 }
@@ -165,72 +261,75 @@ struct Write<'a> {
 /// Rows a statement carries at most (PostgreSQL binds at most 65,535 values a statement).
 const ROWS_A_STATEMENT: usize = 500;
 
-/// Writes snapshots (each key once) and replaces the rejected records of those that say so,
-/// a few statements for the lot.
-async fn write_snapshots(
-    txn: &impl ConnectionTrait,
-    writes: Vec<Write<'_>>,
+/// The statements that write snapshots (each key once) and replace the rejected records of
+/// those that say so, a few statements for the lot, built for `backend`.
+fn write_statements(
+    backend: sea_orm::DbBackend,
+    writes: &[Write<'_, '_>],
     now: DateTime<Utc>,
-) -> ApiResult<()> {
+) -> Vec<sea_orm::Statement> {
+    use sea_orm::QueryTrait;
+    let mut statements = Vec::new();
     let mut replaced: HashMap<&str, Vec<&str>> = HashMap::new();
     let mut rejected_rows = Vec::new();
     for w in writes.iter().filter(|w| w.replace_rejected) {
+        let records = w.prepared.records;
         replaced
-            .entry(w.connector)
+            .entry(w.prepared.connector)
             .or_default()
-            .push(w.records.subject_key.as_str());
+            .push(records.subject_key.as_str());
         rejected_rows.extend(rejected_models(
-            w.connector,
-            Some(&w.records.subject_key),
-            &w.records.rejected,
+            w.prepared.connector,
+            Some(&records.subject_key),
+            &records.rejected,
             now,
         ));
     }
     let rows: Vec<upstream_snapshot::ActiveModel> = writes
-        .into_iter()
+        .iter()
         .map(|w| upstream_snapshot::ActiveModel {
             id: Set(uuid::Uuid::now_v7().to_string()),
-            connector: Set(w.connector.to_owned()),
-            subject_key: Set(w.records.subject_key.clone()),
-            version: Set(w.records.version.clone()),
-            content_hash: Set(w.hash),
-            records: Set(w.json),
+            connector: Set(w.prepared.connector.to_owned()),
+            subject_key: Set(w.prepared.records.subject_key.clone()),
+            version: Set(w.prepared.records.version.clone()),
+            content_hash: Set(w.prepared.hash.clone()),
+            records: Set(w.prepared.json.clone()),
             fetched_at: Set(now),
         })
         .collect();
     for chunk in rows.chunks(ROWS_A_STATEMENT) {
-        upstream_snapshot::Entity::insert_many(chunk.to_vec())
-            .on_conflict(
-                OnConflict::columns([
-                    upstream_snapshot::Column::Connector,
-                    upstream_snapshot::Column::SubjectKey,
-                ])
-                .update_columns([
-                    upstream_snapshot::Column::Version,
-                    upstream_snapshot::Column::ContentHash,
-                    upstream_snapshot::Column::Records,
-                    upstream_snapshot::Column::FetchedAt,
-                ])
-                .to_owned(),
-            )
-            .exec(txn)
-            .await?;
+        statements.push(
+            upstream_snapshot::Entity::insert_many(chunk.to_vec())
+                .on_conflict(
+                    OnConflict::columns([
+                        upstream_snapshot::Column::Connector,
+                        upstream_snapshot::Column::SubjectKey,
+                    ])
+                    .update_columns([
+                        upstream_snapshot::Column::Version,
+                        upstream_snapshot::Column::ContentHash,
+                        upstream_snapshot::Column::Records,
+                        upstream_snapshot::Column::FetchedAt,
+                    ])
+                    .to_owned(),
+                )
+                .build(backend),
+        );
     }
     for (connector, subjects) in replaced {
         for chunk in subjects.chunks(ROWS_A_STATEMENT) {
-            rejected_record::Entity::delete_many()
-                .filter(rejected_record::Column::Connector.eq(connector))
-                .filter(rejected_record::Column::SubjectKey.is_in(chunk.iter().copied()))
-                .exec(txn)
-                .await?;
+            statements.push(
+                rejected_record::Entity::delete_many()
+                    .filter(rejected_record::Column::Connector.eq(connector))
+                    .filter(rejected_record::Column::SubjectKey.is_in(chunk.iter().copied()))
+                    .build(backend),
+            );
         }
     }
     for chunk in rejected_rows.chunks(ROWS_A_STATEMENT) {
-        rejected_record::Entity::insert_many(chunk.to_vec())
-            .exec(txn)
-            .await?;
+        statements.push(rejected_record::Entity::insert_many(chunk.to_vec()).build(backend));
     }
-    Ok(())
+    statements
 }
 
 /// The rows keeping `rejected` for `connector` (and `subject_key`, where a record names none).
@@ -329,6 +428,15 @@ pub trait StoreReader: Send + Sync {
     ) -> ApiResult<Vec<rejected_record::Model>>;
     /// A person's plan items with their shares.
     async fn plan_items(&self, person_id: &str) -> ApiResult<Vec<crate::services::plan::Item>>;
+    /// Stores a view's good answers as snapshots (see [`store_snapshots`]); a reader with a
+    /// cheaper way to write its store uses that.
+    async fn store_snapshots(
+        &self,
+        db: &DatabaseConnection,
+        fetched: &[(&str, &PersonRecords)],
+    ) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+        store_snapshots(db, fetched).await
+    }
 }
 
 /// Reads the store one query at a time.
@@ -614,7 +722,7 @@ pub async fn gather(
             }
         }
     }
-    for (at, stream) in keep(db, fetched).await? {
+    for (at, stream) in keep(db, store, fetched).await? {
         streams[at] = Some(stream);
     }
     Ok(streams.into_iter().flatten().collect())
@@ -625,6 +733,7 @@ pub async fn gather(
 /// cannot keep the snapshots now degrades only the keeping, not the answers.
 async fn keep(
     db: &DatabaseConnection,
+    store: &dyn StoreReader,
     fetched: Vec<(usize, StreamInput, PersonRecords)>,
 ) -> ApiResult<Vec<(usize, StreamInput)>> {
     if fetched.is_empty() {
@@ -634,7 +743,7 @@ async fn keep(
         .iter()
         .map(|(_, stream, records)| (stream.id.as_str(), records))
         .collect();
-    let metas = match store_snapshots(db, &batch).await {
+    let metas = match store.store_snapshots(db, &batch).await {
         Ok(stored) => stored.into_iter().map(|(meta, _)| meta).collect(),
         Err(error) => {
             tracing::warn!(error = %error, "storing snapshots failed; serving the answers unstored");

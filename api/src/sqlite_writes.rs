@@ -1,0 +1,163 @@
+//! Small, frequent writes to the embedded SQLite store, inline, on a connection of the
+//! writer's own.
+//!
+//! Through sqlx every statement of a transaction (begin, each read and write, commit) is a
+//! command sent to the connection's own thread and an answer sent back: two cross-thread
+//! wake-ups a statement. For the writes a server makes all the time (the audit log's group
+//! commit, a live view's snapshots) those hand-offs cost more than SQLite's work, so they run
+//! here instead, as a function call on the calling thread, in one immediate transaction.
+//!
+//! A writer takes this process's SQLite write turn first, like every writer (see
+//! `db::begin_write`), so it never waits on SQLite's lock for a writer of this process.
+//! It runs statements sea-orm builds for SQLite ([`execute`]), with values bound as sqlx binds
+//! them, so what it stores is exactly what sea-orm would store. Its connection never
+//! checkpoints: the audit writer's background checkpointer copies the log back.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params_from_iter};
+
+/// An inline writer over one SQLite file.
+#[derive(Debug)]
+pub struct SqliteWriter {
+    path: PathBuf,
+    busy_timeout: Duration,
+    connection: Mutex<Option<Connection>>,
+    queries: Option<Arc<AtomicU64>>,
+}
+
+impl SqliteWriter {
+    /// A writer for the file at `path` that waits at most `busy_timeout` for another
+    /// process's write lock; its statements count in `queries`.
+    pub fn new(path: PathBuf, busy_timeout: Duration, queries: Option<Arc<AtomicU64>>) -> Self {
+        Self {
+            path,
+            busy_timeout,
+            connection: Mutex::new(None),
+            queries,
+        }
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `write` in one immediate transaction, under this process's write turn: it
+    /// commits when `write` returns `Ok`, and rolls back otherwise. A connection that failed is
+    /// closed, and the next transaction opens a fresh one.
+    pub async fn transaction<T>(
+        &self,
+        write: impl FnOnce(&Writing<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let turn = crate::db::sqlite_write_turn().await;
+        let idle = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut connection = match idle {
+            Some(c) => c,
+            None => open(&self.path, self.busy_timeout)?,
+        };
+        let outcome = run(&mut connection, self.queries.as_deref(), write);
+        drop(turn);
+        if outcome.is_ok() {
+            crate::db::note_sqlite_written();
+            *self
+                .connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(connection);
+        }
+        outcome
+    }
+}
+
+fn run<T>(
+    connection: &mut Connection,
+    queries: Option<&AtomicU64>,
+    write: impl FnOnce(&Writing<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let txn = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = write(&Writing { txn: &txn, queries })?;
+    txn.commit()?;
+    Ok(out)
+}
+
+/// An open immediate transaction of a [`SqliteWriter`].
+#[derive(Debug)]
+pub struct Writing<'a> {
+    txn: &'a Transaction<'a>,
+    queries: Option<&'a AtomicU64>,
+}
+
+impl Writing<'_> {
+    /// The transaction, for statements written out by hand.
+    pub fn connection(&self) -> &Connection {
+        self.txn
+    }
+
+    /// Counts one statement run (with the server's pool's count).
+    pub fn counted(&self) {
+        if let Some(queries) = self.queries {
+            queries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs a statement sea-orm built for SQLite; returns the rows it changed.
+    pub fn execute(&self, statement: &sea_orm::Statement) -> rusqlite::Result<usize> {
+        self.counted();
+        let values = statement
+            .values
+            .iter()
+            .flat_map(|v| v.0.iter())
+            .map(bound)
+            .collect::<rusqlite::Result<Vec<Sql>>>()?;
+        self.txn
+            .prepare_cached(&statement.sql)?
+            .execute(params_from_iter(values))
+    }
+}
+
+/// A value as sqlx binds it to SQLite. Only the kinds the hub's entities store are taken.
+fn bound(value: &sea_orm::Value) -> rusqlite::Result<Sql> {
+    use sea_orm::Value as V;
+    Ok(match value {
+        V::Bool(v) => v.map_or(Sql::Null, |b| Sql::Integer(b.into())),
+        V::Int(v) => v.map_or(Sql::Null, |i| Sql::Integer(i.into())),
+        V::BigInt(v) => v.map_or(Sql::Null, Sql::Integer),
+        V::String(v) => v.clone().map_or(Sql::Null, Sql::Text),
+        // sqlx writes a DateTime<Utc> to SQLite as this RFC 3339 text.
+        V::ChronoDateTimeUtc(v) => v.map_or(Sql::Null, |t| {
+            Sql::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
+        }),
+        V::ChronoDate(v) => v.map_or(Sql::Null, |d| Sql::Text(d.format("%F").to_string())),
+        // The value itself is never named: it may be personal data.
+        _ => {
+            return Err(rusqlite::Error::ToSqlConversionFailure(
+                "a kind of value the inline writer does not bind".into(),
+            ));
+        }
+    })
+}
+
+/// Opens a writing connection to `path`, waiting at most `busy_timeout` for another
+/// process's lock. It never checkpoints (see the module's note).
+pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    connection.busy_timeout(busy_timeout)?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "foreign_keys", true)?;
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(connection)
+}
