@@ -25,6 +25,17 @@ pub enum PartnerAuth {
     Header(HeaderName, SecretString),
 }
 
+/// An HTTP client for a partner: connections kept alive (at most `max_idle` idle), each
+/// opened within `connect_timeout`.
+fn client(connect_timeout: Duration, max_idle: usize) -> Result<reqwest::Client, ConnectorError> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_max_idle_per_host(max_idle)
+        .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConnectorError::Misconfigured(format!("HTTP client: {e}")))
+}
+
 /// A partner's answer to a GET.
 #[derive(Debug)]
 pub enum Answer {
@@ -44,7 +55,12 @@ pub enum Answer {
 /// One partner's HTTP endpoint and its protections.
 #[derive(Debug)]
 pub struct Partner {
-    client: reqwest::Client,
+    /// One client (and so one pool of kept-alive connections) per thread that calls. A
+    /// pooled connection is driven by a task on the runtime that opened it: shared between the
+    /// server's workers (each a runtime of its own), every call on another worker's connection
+    /// would cross threads twice, the request out and the answer back, each a wake-up.
+    clients: thread_local::ThreadLocal<reqwest::Client>,
+    max_idle: usize,
     base_url: String,
     auth: PartnerAuth,
     timeout: Duration,
@@ -58,14 +74,12 @@ impl Partner {
     /// A partner as configured.
     pub fn new(settings: &ConnectorSettings, auth: PartnerAuth) -> Result<Self, ConnectorError> {
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .pool_max_idle_per_host(settings.max_concurrency)
-            .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ConnectorError::Misconfigured(format!("HTTP client: {e}")))?;
+        // Built once here, so a client that cannot be built is a configuration error now.
+        let clients = thread_local::ThreadLocal::new();
+        clients.get_or_try(|| client(timeout, settings.max_concurrency))?;
         Ok(Self {
-            client,
+            clients,
+            max_idle: settings.max_concurrency,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             auth,
             timeout,
@@ -166,7 +180,14 @@ impl Partner {
     }
 
     async fn attempt(&self, url: &str, if_none_match: Option<&str>, timeout: Duration) -> Attempt {
-        let request = self.client.get(url).headers(self.headers(if_none_match));
+        let client = match self
+            .clients
+            .get_or_try(|| client(self.timeout, self.max_idle))
+        {
+            Ok(client) => client,
+            Err(error) => return Attempt::Fatal(error),
+        };
+        let request = client.get(url).headers(self.headers(if_none_match));
         let result = tokio::time::timeout(timeout, async {
             let response = request.send().await?;
             let status = response.status();
