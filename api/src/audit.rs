@@ -97,10 +97,10 @@ impl ReadRecorder {
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<PendingReads>(4 * MAX_GROUP);
         let on_own_thread = local.is_some();
         let writer = async move {
-            let mut sqlite = local.map(|l| SqliteGroupWriter::new(l.path().to_path_buf()));
-            let mut checkpoints = sqlite
+            let mut checkpoints = local
                 .as_ref()
-                .map(|w| Checkpointer::new(w.0.path().to_path_buf()));
+                .map(|l| Checkpointer::new(l.path().to_path_buf()));
+            let mut sqlite = local.map(SqliteGroupWriter);
             let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut group = Vec::with_capacity(MAX_GROUP);
@@ -411,22 +411,17 @@ fn event_row(
 /// appends the whole group in one immediate transaction of an inline writer (see
 /// `sqlite_writes`), which stores what sea-orm would store, so `verify` and every read see the
 /// same chain.
-struct SqliteGroupWriter(crate::sqlite_writes::SqliteWriter);
+struct SqliteGroupWriter(std::sync::Arc<crate::sqlite_reads::SqliteReads>);
 
 impl SqliteGroupWriter {
-    fn new(path: std::path::PathBuf) -> Self {
-        // On a thread of its own, the writer may wait out another process's write lock.
-        Self(crate::sqlite_writes::SqliteWriter::new(
-            path,
-            std::time::Duration::from_secs(15),
-            None,
-        ))
-    }
-
-    /// Writes `group` inline: the writer has a thread of its own (see [`ReadRecorder::start`]).
+    /// Writes `group` inline: the writer has a thread of its own (see [`ReadRecorder::start`]),
+    /// so it may wait out another process's write lock.
     async fn write(&mut self, group: &mut [PendingReads]) -> ApiResult<()> {
         self.0
-            .transaction(|w| append_sqlite(w.connection(), group))
+            .writer()
+            .transaction(std::time::Duration::from_secs(15), |w| {
+                append_sqlite(w.connection(), group)
+            })
             .await
             .map_err(|e| ApiError::internal(e, "recording reads in the audit log"))
     }
@@ -460,7 +455,7 @@ impl Checkpointer {
         }
         let (path, running) = (self.path.clone(), self.running.clone());
         Some(tokio::task::spawn_blocking(move || {
-            let done = open_writer(&path)
+            let done = crate::sqlite_writes::open(&path)
                 .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
             if let Err(e) = done {
                 tracing::warn!(error = %e, "a background checkpoint failed");
@@ -468,10 +463,6 @@ impl Checkpointer {
             running.store(false, Ordering::Release);
         }))
     }
-}
-
-fn open_writer(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
-    crate::sqlite_writes::open(path, std::time::Duration::from_secs(15))
 }
 
 /// Appends every pending request's reads, in arrival order, inside `txn`.
@@ -795,7 +786,8 @@ pub async fn verify_with_anchors(
 
 #[cfg(test)]
 mod tests {
-    use super::{Checkpointer, open_writer};
+    use super::Checkpointer;
+    use crate::sqlite_writes::open as open_writer;
 
     /// The group writer's connection leaves the log alone, and the checkpointer copies it back
     /// into the file: the file grows only once the checkpointer has run.

@@ -45,7 +45,7 @@ pub struct SqliteReads {
     path: PathBuf,
     idle: std::sync::Mutex<Vec<Connection>>,
     queries: Arc<AtomicU64>,
-    /// The served path's one inline writer (a live view's snapshots; see `sqlite_writes`).
+    /// The process's one inline writer (see `sqlite_writes`).
     writer: SqliteWriter,
 }
 
@@ -149,9 +149,7 @@ impl SqliteReads {
     /// or a store opened read-only or immutable (the audit writer must not write to those).
     pub fn open(url: &str, queries: Arc<AtomicU64>) -> Option<Self> {
         let path = Self::file(url)?;
-        // The writer runs on a request's own thread, so it never waits for another
-        // process's write lock: the caller then writes through the pool instead.
-        let writer = SqliteWriter::new(path.clone(), Duration::ZERO, Some(queries.clone()));
+        let writer = SqliteWriter::new(path.clone(), Some(queries.clone()));
         Some(Self {
             path,
             idle: std::sync::Mutex::new(Vec::new()),
@@ -160,7 +158,8 @@ impl SqliteReads {
         })
     }
 
-    /// The inline writer over the same file.
+    /// The inline writer over the same file: the audit log's groups and the views'
+    /// snapshots.
     pub fn writer(&self) -> &SqliteWriter {
         &self.writer
     }
@@ -401,12 +400,17 @@ impl SqliteReads {
         &self,
         id: &str,
     ) -> ApiResult<Option<(person::Model, Vec<person_identifier::Model>)>> {
-        let mut people = self.rows(
-            "SELECT id, given_name, family_name, date_of_birth, version, created_by, \
-             created_at, updated_at FROM persons WHERE id = ?",
+        // One statement (one read transaction), the person's row repeated beside each of
+        // their identifiers, or once with none.
+        let rows = self.rows(
+            "SELECT p.id, p.given_name, p.family_name, p.date_of_birth, p.version, \
+             p.created_by, p.created_at, p.updated_at, \
+             i.id, i.person_id, i.scheme, i.value, i.linked_by, i.linked_at \
+             FROM persons p LEFT JOIN person_identifiers i ON i.person_id = p.id \
+             WHERE p.id = ?",
             &[id],
             |r| {
-                Ok(person::Model {
+                let person = person::Model {
                     id: r.get(0)?,
                     given_name: r.get(1)?,
                     family_name: r.get(2)?,
@@ -415,28 +419,30 @@ impl SqliteReads {
                     created_by: r.get(5)?,
                     created_at: instant(r, 6)?,
                     updated_at: instant(r, 7)?,
-                })
+                };
+                let identifier = match r.get::<_, Option<String>>(8)? {
+                    None => None,
+                    Some(id) => Some(person_identifier::Model {
+                        id,
+                        person_id: r.get(9)?,
+                        scheme: r.get(10)?,
+                        value: r.get(11)?,
+                        linked_by: r.get(12)?,
+                        linked_at: instant(r, 13)?,
+                    }),
+                };
+                Ok((person, identifier))
             },
         )?;
-        let Some(row) = people.pop() else {
+        let mut rows = rows.into_iter();
+        let Some((person, first)) = rows.next() else {
             return Ok(None);
         };
-        let identifiers = self.rows(
-            "SELECT id, person_id, scheme, value, linked_by, linked_at \
-             FROM person_identifiers WHERE person_id = ?",
-            &[id],
-            |r| {
-                Ok(person_identifier::Model {
-                    id: r.get(0)?,
-                    person_id: r.get(1)?,
-                    scheme: r.get(2)?,
-                    value: r.get(3)?,
-                    linked_by: r.get(4)?,
-                    linked_at: instant(r, 5)?,
-                })
-            },
-        )?;
-        Ok(Some((row, identifiers)))
+        let identifiers = first
+            .into_iter()
+            .chain(rows.filter_map(|(_, identifier)| identifier))
+            .collect();
+        Ok(Some((person, identifiers)))
     }
 }
 

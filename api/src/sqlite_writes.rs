@@ -26,18 +26,18 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params_f
 #[derive(Debug)]
 pub struct SqliteWriter {
     path: PathBuf,
-    busy_timeout: Duration,
     connection: Mutex<Option<Connection>>,
     queries: Option<Arc<AtomicU64>>,
 }
 
 impl SqliteWriter {
-    /// A writer for the file at `path` that waits at most `busy_timeout` for another
-    /// process's write lock; its statements count in `queries`.
-    pub fn new(path: PathBuf, busy_timeout: Duration, queries: Option<Arc<AtomicU64>>) -> Self {
+    /// A writer for the file at `path`; its statements count in `queries`. One writer serves
+    /// every inline write of a process (the audit log's groups and the views' snapshots): its
+    /// page cache then stays warm from one transaction to the next, where two connections
+    /// writing in turn would each find their cache emptied by the other's commit.
+    pub fn new(path: PathBuf, queries: Option<Arc<AtomicU64>>) -> Self {
         Self {
             path,
-            busy_timeout,
             connection: Mutex::new(None),
             queries,
         }
@@ -48,11 +48,13 @@ impl SqliteWriter {
         &self.path
     }
 
-    /// Runs `write` in one immediate transaction, under this process's write turn: it
-    /// commits when `write` returns `Ok`, and rolls back otherwise. A connection that failed is
-    /// closed, and the next transaction opens a fresh one.
+    /// Runs `write` in one immediate transaction, under this process's write turn, waiting
+    /// at most `busy_timeout` for another process's write lock: it commits when `write`
+    /// returns `Ok`, and rolls back otherwise. A connection that failed is closed, and the
+    /// next transaction opens a fresh one.
     pub async fn transaction<T>(
         &self,
+        busy_timeout: Duration,
         write: impl FnOnce(&Writing<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         let turn = crate::db::sqlite_write_turn().await;
@@ -61,20 +63,22 @@ impl SqliteWriter {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let mut connection = match idle {
-            Some(c) => c,
-            None => open(&self.path, self.busy_timeout)?,
+        let opened = match idle {
+            Some(c) => Ok(c),
+            None => open(&self.path),
         };
-        let outcome = run(&mut connection, self.queries.as_deref(), write);
+        let outcome = opened.and_then(|mut connection| {
+            connection.busy_timeout(busy_timeout)?;
+            run(&mut connection, self.queries.as_deref(), write).map(|out| (out, connection))
+        });
         drop(turn);
-        if outcome.is_ok() {
-            crate::db::note_sqlite_written();
-            *self
-                .connection
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(connection);
-        }
-        outcome
+        let (out, connection) = outcome?;
+        crate::db::note_sqlite_written();
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(connection);
+        Ok(out)
     }
 }
 
@@ -146,16 +150,16 @@ fn bound(value: &sea_orm::Value) -> rusqlite::Result<Sql> {
     })
 }
 
-/// Opens a writing connection to `path`, waiting at most `busy_timeout` for another
-/// process's lock. It never checkpoints (see the module's note).
-pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+/// Opens a writing connection to `path`. It never checkpoints (see the module's note), and
+/// waits up to 15 seconds for another process's lock unless told otherwise.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let connection = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
-    connection.busy_timeout(busy_timeout)?;
+    connection.busy_timeout(Duration::from_secs(15))?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "foreign_keys", true)?;
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;

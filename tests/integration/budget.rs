@@ -919,6 +919,18 @@ async fn inline_sqlite_reads_return_exactly_what_sea_orm_reads() {
             .unwrap()
             .is_none()
     );
+    // A person with no identifier at all is still a person.
+    let mut lone = person::Entity::find_by_id(ids[0].clone())
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    lone.id = "00000000-0000-7000-8000-00000000000a".into();
+    person::Entity::insert(sea_orm::IntoActiveModel::into_active_model(lone.clone()))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(local.person(&lone.id).unwrap(), Some((lone, Vec::new())));
     // Every inline statement is counted with the rest (the batching test relies on it).
     assert!(counter.load(std::sync::atomic::Ordering::SeqCst) >= 27);
 }

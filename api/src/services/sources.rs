@@ -105,8 +105,9 @@ pub async fn store_snapshots_inline(
 ) -> ApiResult<Vec<(SourceMeta, Stored)>> {
     let prepared = prepare(fetched)?;
     let now = Utc::now();
+    // On the request's own thread, it never waits for another process's write lock.
     let inline = writer
-        .transaction(|w| {
+        .transaction(std::time::Duration::ZERO, |w| {
             let (connectors, subjects) = keys(&prepared);
             let mut stored_now = Vec::new();
             for chunk in subjects.chunks(ROWS_A_STATEMENT) {
