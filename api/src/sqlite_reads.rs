@@ -84,47 +84,33 @@ pub fn stored_versions(
     connectors: &[&str],
     subjects: &[&str],
 ) -> rusqlite::Result<Vec<crate::services::sources::StoredVersion>> {
-    let sql = format!(
-        "SELECT connector, subject_key, version, content_hash, fetched_at \
-         FROM upstream_snapshots WHERE connector IN ({}) AND subject_key IN ({})",
-        marks(connectors.len()),
-        marks(subjects.len())
-    );
-    let values = connectors.iter().chain(subjects);
-    let mut statement = connection.prepare_cached(&sql)?;
-    statement
-        .query_map(params_from_iter(values), |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, instant(r, 4)?))
-        })?
-        .collect()
+    snapshots_of(
+        connection,
+        "connector, subject_key, version, content_hash, fetched_at",
+        connectors,
+        subjects,
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, instant(r, 4)?)),
+    )
 }
 
-/// Snapshots of any of `connectors` for any of `subjects`, read on `connection`.
-fn snapshot_rows(
+/// `columns` of the snapshots of any of `connectors` for any of `subjects`, each row mapped.
+fn snapshots_of<T>(
     connection: &Connection,
+    columns: &str,
     connectors: &[&str],
     subjects: &[&str],
-) -> rusqlite::Result<Vec<upstream_snapshot::Model>> {
+    map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
     let sql = format!(
-        "SELECT id, connector, subject_key, version, content_hash, records, fetched_at \
-         FROM upstream_snapshots WHERE connector IN ({}) AND subject_key IN ({})",
+        "SELECT {columns} FROM upstream_snapshots \
+         WHERE connector IN ({}) AND subject_key IN ({})",
         marks(connectors.len()),
         marks(subjects.len())
     );
     let values = connectors.iter().chain(subjects);
     let mut statement = connection.prepare_cached(&sql)?;
     statement
-        .query_map(params_from_iter(values), |r| {
-            Ok(upstream_snapshot::Model {
-                id: r.get(0)?,
-                connector: r.get(1)?,
-                subject_key: r.get(2)?,
-                version: r.get(3)?,
-                content_hash: r.get(4)?,
-                records: r.get(5)?,
-                fetched_at: instant(r, 6)?,
-            })
-        })?
+        .query_map(params_from_iter(values), map)?
         .collect()
 }
 
@@ -251,7 +237,25 @@ impl SqliteReads {
             return Ok(Vec::new());
         }
         self.queries.fetch_add(1, Ordering::Relaxed);
-        self.with(|c| snapshot_rows(c, connectors, subjects))
+        self.with(|c| {
+            snapshots_of(
+                c,
+                "id, connector, subject_key, version, content_hash, records, fetched_at",
+                connectors,
+                subjects,
+                |r| {
+                    Ok(upstream_snapshot::Model {
+                        id: r.get(0)?,
+                        connector: r.get(1)?,
+                        subject_key: r.get(2)?,
+                        version: r.get(3)?,
+                        content_hash: r.get(4)?,
+                        records: r.get(5)?,
+                        fetched_at: instant(r, 6)?,
+                    })
+                },
+            )
+        })
     }
 
     /// The current extract of each of `connectors` that has one.

@@ -69,6 +69,38 @@ impl Perf {
     }
 }
 
+/// Runs `run` with the hub (`pid`) sampled into `perf-<name>.data` when `--profile` asked for
+/// it, and notes the top frames in `report` as taken during `what`.
+pub async fn profiled<T>(
+    args: &crate::Args,
+    pid: u32,
+    name: &str,
+    what: &str,
+    report: &mut crate::report::Report,
+    run: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let profiler = if args.profile {
+        Some(Perf::start(
+            pid,
+            &args.out.join(format!("perf-{name}.data")),
+            args.call_graph,
+        )?)
+    } else {
+        None
+    };
+    let out = run.await?;
+    if let Some(profiler) = profiler {
+        match profiler.finish().await {
+            Ok(top) => report.note(format!(
+                "perf profile of the hub during {what}, top frames by own time: {}",
+                top.join("; ")
+            )),
+            Err(e) => report.note(format!("the profile of {what} could not be taken: {e:#}")),
+        }
+    }
+    Ok(out)
+}
+
 /// `perf report` of `data` by symbol, without call chains, with `extra` options.
 async fn report(data: &Path, extra: &[&str]) -> anyhow::Result<Vec<u8>> {
     let output = tokio::process::Command::new("perf")

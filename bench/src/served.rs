@@ -319,25 +319,15 @@ pub async fn backend_suite(
     hub.sampler.reset_peak(hub.pid);
     let before = procstat::read(hub.pid).unwrap_or_default();
     let own_before = procstat::own();
-    let profiler = if args.profile {
-        Some(crate::profile::Perf::start(
-            hub.pid,
-            &args.out.join(format!("perf-served-{backend}.data")),
-            args.call_graph,
-        )?)
-    } else {
-        None
-    };
-    let closed = load::run(&args.oha, &target, 32, None, plan.run).await?;
-    if let Some(profiler) = profiler {
-        match profiler.finish().await {
-            Ok(top) => report.note(format!(
-                "{backend}: perf profile of the hub during the snapshot-served run, top frames by own time: {}",
-                top.join("; ")
-            )),
-            Err(e) => report.note(format!("{backend}: the profile could not be taken: {e:#}")),
-        }
-    }
+    let closed = crate::profile::profiled(
+        args,
+        hub.pid,
+        &format!("served-{backend}"),
+        &format!("{backend}'s snapshot-served run"),
+        report,
+        load::run(&args.oha, &target, 32, None, plan.run),
+    )
+    .await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
     let own_after = procstat::own();
     let partner_calls = total_hits(sandboxes) - hits_before;
@@ -484,26 +474,16 @@ pub async fn backend_suite(
         format!("hub p99 {:.2} ms", modest.p99_ms),
     );
     let before = procstat::read(hub.pid).unwrap_or_default();
-    let profiler = if args.profile {
-        Some(crate::profile::Perf::start(
-            hub.pid,
-            &args.out.join(format!("perf-fanout-{backend}.data")),
-            args.call_graph,
-        )?)
-    } else {
-        None
-    };
-    let busy = load::run(&args.oha, &target, 32, None, plan.run).await?;
+    let busy = crate::profile::profiled(
+        args,
+        hub.pid,
+        &format!("fanout-{backend}"),
+        &format!("{backend}'s live fan-out closed loop"),
+        report,
+        load::run(&args.oha, &target, 32, None, plan.run),
+    )
+    .await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
-    if let Some(profiler) = profiler {
-        match profiler.finish().await {
-            Ok(top) => report.note(format!(
-                "{backend}: perf profile of the hub during the live fan-out run, top frames by own time: {}",
-                top.join("; ")
-            )),
-            Err(e) => report.note(format!("{backend}: the profile could not be taken: {e:#}")),
-        }
-    }
     let fanout_cpu = (after.cpu_secs - before.cpu_secs) / busy.ok.max(1) as f64 * 1e6;
     report.target(
         "cpu",
