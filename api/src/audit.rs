@@ -100,6 +100,7 @@ impl ReadRecorder {
             let mut checkpoints = local
                 .as_ref()
                 .map(|l| Checkpointer::new(l.path().to_path_buf()));
+            let readers = local.clone();
             let mut sqlite = local.map(SqliteGroupWriter);
             let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -112,6 +113,11 @@ impl ReadRecorder {
                 let first = tokio::select! {
                     first = receiver.recv() => first,
                     _ = tick.tick(), if checkpoints.is_some() => {
+                        // Idle readers let go of old views first, so the checkpoint can copy
+                        // the whole log back.
+                        if let Some(readers) = &readers {
+                            readers.end_old_views();
+                        }
                         // Groups written here, or any other write this process committed
                         // (the server's pool leaves the log to this checkpointer too).
                         written |= crate::db::take_sqlite_written();

@@ -121,6 +121,7 @@ impl WriteTxn {
     /// Commits, then gives up the turn.
     pub async fn commit(self) -> Result<(), DbErr> {
         self.txn.commit().await?;
+        crate::sqlite_reads::data_changed();
         if self._turn.is_some() {
             SQLITE_WRITTEN.store(true, std::sync::atomic::Ordering::Release);
         }
@@ -160,10 +161,20 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTxn, DbErr> {
         DatabaseBackend::Sqlite => Some(SQLITE_WRITE_TURN.clone().lock_owned().await),
         _ => None,
     };
-    Ok(WriteTxn {
-        txn: db.begin().await?,
-        _turn: turn,
-    })
+    let txn = db.begin().await?;
+    if turn.is_some() {
+        // sqlx begins SQLite's transactions deferred: a transaction that read first and then
+        // writes while another process holds the write lock fails at once (SQLite will not
+        // wait there, for fear of a deadlock). A write as the first statement takes the lock
+        // at the start instead, waiting out the busy timeout like BEGIN IMMEDIATE; it changes
+        // nothing.
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &txn,
+            "UPDATE audit_head SET seq = seq WHERE 0",
+        )
+        .await?;
+    }
+    Ok(WriteTxn { txn, _turn: turn })
 }
 
 #[cfg(test)]

@@ -43,10 +43,79 @@ const STATEMENT_CACHE: usize = 64;
 #[derive(Debug)]
 pub struct SqliteReads {
     path: PathBuf,
-    idle: std::sync::Mutex<Vec<Connection>>,
+    idle: std::sync::Mutex<Vec<Reader>>,
+    /// How long a reader keeps a view (see [`data_changed`]).
+    view_age: Duration,
+    /// What tells the readers of a change: the process's [`data_changed`].
+    changes: Arc<AtomicU64>,
     queries: Arc<AtomicU64>,
     /// The process's one inline writer (see `sqlite_writes`).
     writer: SqliteWriter,
+}
+
+/// How long a reader keeps one read transaction (one view of the store) across reads, when
+/// nothing it reads has changed in this process; see [`data_changed`].
+const VIEW_AGE: Duration = Duration::from_millis(20);
+
+/// Bumped after every commit in this process that may change what these readers read: all
+/// but the audit log's groups of read events.
+static DATA_GENERATION: std::sync::LazyLock<Arc<AtomicU64>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// How many times [`data_changed`] has been called in this process.
+pub fn data_generation() -> u64 {
+    DATA_GENERATION.load(Ordering::Acquire)
+}
+
+/// Tells the readers that a commit in this process changed what they read, so no read that
+/// begins after this call sees the store as it was before it.
+///
+/// Why readers keep a view at all: in WAL mode SQLite empties a connection's whole page cache
+/// whenever it begins a read transaction after any commit, and the audit log commits a group
+/// of read events every millisecond or two under load. A view kept for up to [`VIEW_AGE`]
+/// reads the pages it already holds, and skips the locking of a read transaction per
+/// statement. The audit log's commits need not be seen here (these readers never read it);
+/// every other commit in this process is, at once (`db::WriteTxn::commit`, the snapshot
+/// writer, and any other statement the server's pool runs); another process's commits (a
+/// `tributary sync`) are seen within [`VIEW_AGE`].
+pub fn data_changed() {
+    DATA_GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// A pooled read connection and the view it holds open, if any: the data generation it began
+/// after, and when.
+#[derive(Debug)]
+struct Reader {
+    connection: Connection,
+    view: Option<(u64, std::time::Instant)>,
+}
+
+impl Reader {
+    /// Makes sure the connection reads a view no older than `age` that has seen every
+    /// change this process committed.
+    fn current(&mut self, age: Duration, changes: &AtomicU64) -> rusqlite::Result<()> {
+        let generation = changes.load(Ordering::Acquire);
+        if let Some((seen, began)) = self.view
+            && seen == generation
+            && began.elapsed() < age
+        {
+            return Ok(());
+        }
+        self.end()?;
+        // The view is taken at the first read after BEGIN, so after `generation` was read.
+        self.connection.prepare_cached("BEGIN")?.execute([])?;
+        self.view = Some((generation, std::time::Instant::now()));
+        Ok(())
+    }
+
+    /// Ends the view held, if any.
+    fn end(&mut self) -> rusqlite::Result<()> {
+        self.view = None;
+        if !self.connection.is_autocommit() {
+            self.connection.prepare_cached("COMMIT")?.execute([])?;
+        }
+        Ok(())
+    }
 }
 
 fn failed(e: rusqlite::Error) -> ApiError {
@@ -139,9 +208,20 @@ impl SqliteReads {
         Some(Self {
             path,
             idle: std::sync::Mutex::new(Vec::new()),
+            view_age: VIEW_AGE,
+            changes: DATA_GENERATION.clone(),
             queries,
             writer,
         })
+    }
+
+    /// The same readers keeping each view for `age` instead of [`VIEW_AGE`], and told of
+    /// changes by `changes` instead of [`data_changed`] (for tests, which share the process
+    /// with other tests' writes).
+    pub fn with_views(mut self, age: Duration, changes: Arc<AtomicU64>) -> Self {
+        self.view_age = age;
+        self.changes = changes;
+        self
     }
 
     /// The inline writer over the same file: the audit log's groups and the views'
@@ -189,26 +269,47 @@ impl SqliteReads {
         Ok(connection)
     }
 
-    /// Runs `read` on an idle connection (opening one if none is idle), then returns it.
+    /// Runs `read` on an idle connection (opening one if none is idle), in a current view
+    /// (see [`data_changed`]), then returns it. A connection whose read failed is closed.
     fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> ApiResult<T> {
         let idle = self
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
-        let connection = match idle {
-            Some(c) => c,
-            None => self.connect().map_err(failed)?,
+        let mut reader = match idle {
+            Some(r) => r,
+            None => Reader {
+                connection: self.connect().map_err(failed)?,
+                view: None,
+            },
         };
-        let out = read(&connection).map_err(failed);
+        let out = reader
+            .current(self.view_age, &self.changes)
+            .and_then(|()| read(&reader.connection))
+            .map_err(failed)?;
         let mut pool = self
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if pool.len() < MAX_IDLE {
-            pool.push(connection);
+            pool.push(reader);
         }
-        out
+        Ok(out)
+    }
+
+    /// Ends the views idle readers have held past their age, so an idle server never keeps
+    /// an old view (which would stop checkpoints copying the log back past it). A reader that
+    /// cannot end its view is closed.
+    pub fn end_old_views(&self) {
+        let mut pool = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pool.retain_mut(|reader| match reader.view {
+            Some((_, began)) if began.elapsed() >= self.view_age => reader.end().is_ok(),
+            _ => true,
+        });
     }
 
     /// Runs one query and maps every row.

@@ -68,8 +68,17 @@ impl Application {
         // Counted from here on, so a test can see how many queries a request costs.
         let queries = Arc::new(AtomicU64::new(0));
         let counter = queries.clone();
-        db.set_metric_callback(move |_| {
+        db.set_metric_callback(move |info| {
             counter.fetch_add(1, Ordering::Relaxed);
+            // A write outside `db::WriteTxn` (a statement committing on its own) is seen by
+            // the inline readers at once too (see `sqlite_reads::data_changed`).
+            let sql = info.statement.sql.trim_start();
+            if !sql
+                .get(..6)
+                .is_some_and(|w| w.eq_ignore_ascii_case("select"))
+            {
+                crate::sqlite_reads::data_changed();
+            }
         });
         Self::with_counter(settings, auth, secrets, db, queries).await
     }

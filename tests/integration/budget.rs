@@ -1336,6 +1336,63 @@ async fn sea_orm_reads_back_exactly_what_the_inline_snapshot_writer_wrote() {
     }
 }
 
+/// The inline readers keep one view of the store across reads while nothing they read has
+/// changed in this process: a write from outside (another process) is seen once the view has
+/// aged, and any write of this process at once. The server's pool reports its writes.
+#[tokio::test]
+async fn inline_readers_keep_a_view_until_this_process_writes_or_it_ages() {
+    use sea_orm::ConnectionTrait;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tributary::sqlite_reads::{SqliteReads, data_generation};
+
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let id = ids[0].as_str();
+    // Other tests write in this process too: this one counts its own changes.
+    let changes = Arc::new(AtomicU64::new(0));
+    let open = |age| {
+        SqliteReads::open(&app.database_url, Default::default())
+            .expect("the test store is a SQLite file")
+            .with_views(age, changes.clone())
+    };
+    let (kept, fresh) = (
+        open(std::time::Duration::from_secs(3600)),
+        open(std::time::Duration::ZERO),
+    );
+    let name = |reads: &SqliteReads| reads.person(id).unwrap().expect("the person").0.given_name;
+    let before = name(&kept);
+    assert_eq!(name(&fresh), before);
+    // Another process renames the person.
+    let outside = rusqlite::Connection::open(kept.path()).unwrap();
+    outside
+        .execute(
+            "UPDATE persons SET given_name = 'Outside' WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+    assert_eq!(name(&kept), before, "the view is kept while young");
+    assert_eq!(name(&fresh), "Outside", "an aged view is ended");
+    // Ending aged views leaves a young one alone.
+    kept.end_old_views();
+    assert_eq!(name(&kept), before);
+    // A change of this process is seen at once, whatever the view's age.
+    changes.fetch_add(1, Ordering::AcqRel);
+    assert_eq!(name(&kept), "Outside");
+
+    // The server's pool tells the process's readers of a write it runs.
+    let generation = data_generation();
+    app.db
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Sqlite,
+            "UPDATE persons SET given_name = ? WHERE id = ?",
+            ["Pooled".into(), id.into()],
+        ))
+        .await
+        .unwrap();
+    assert!(data_generation() > generation);
+}
+
 /// While another process holds the store's write lock, the inline writer does not wait on
 /// the request's thread: it rolls back and the snapshots are stored through the pool, which
 /// waits its turn; nothing is lost.
@@ -1351,7 +1408,7 @@ async fn the_inline_snapshot_writer_leaves_a_locked_store_to_the_pool() {
     );
     let other = rusqlite::Connection::open(local.path()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let pool_before = app.queries.load(Ordering::Relaxed);
+    let fallbacks = tributary::services::sources::inline_fallbacks();
     let storing = tokio::spawn({
         let (local, db) = (local.clone(), app.db.clone());
         async move {
@@ -1359,18 +1416,23 @@ async fn the_inline_snapshot_writer_leaves_a_locked_store_to_the_pool() {
             store_either(Some(&local), &db, &[("phb", &records)]).await
         }
     });
-    // The pool's read of the stored versions runs beside the lock; its write waits for it.
+    // The inline writer gives up at once; the pool's transaction then waits for the lock.
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while app.queries.load(Ordering::Relaxed) == pool_before {
+        while tributary::services::sources::inline_fallbacks() == fallbacks {
             tokio::task::yield_now().await;
         }
     })
     .await
     .expect("the snapshots went to the pool");
+    let pool_before = app.queries.load(Ordering::Relaxed);
     assert!(!storing.is_finished(), "the pool waits for the lock");
     other.execute_batch("COMMIT").unwrap();
     let out = storing.await.unwrap().unwrap();
     assert_eq!(out[0].1, Stored::Changed);
+    assert!(
+        app.queries.load(Ordering::Relaxed) > pool_before,
+        "the pool wrote them"
+    );
     let snapshots = local.snapshots(&["phb"], &["NHS:1"]).unwrap();
     assert_eq!(snapshots.len(), 1);
     assert_eq!(snapshots[0].fetched_at, out[0].0.fetched_at);

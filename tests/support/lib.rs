@@ -362,6 +362,9 @@ impl TestApp {
     /// Runs raw SQL against the server's store (tests tamper with it on purpose).
     pub async fn execute(&self, sql: &str) {
         self.db.execute_unprepared(sql).await.unwrap();
+        // A raw statement escapes sea-orm's statement hook; it is this process's write, so the
+        // inline readers are told, as the server's own writes tell them.
+        tributary::sqlite_reads::data_changed();
     }
 
     /// The audit actions recorded about a person, oldest first.

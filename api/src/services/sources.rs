@@ -126,12 +126,25 @@ pub async fn store_snapshots_inline(
         })
         .await;
     match inline {
-        Ok(out) => Ok(out),
+        Ok(out) => {
+            crate::sqlite_reads::data_changed();
+            Ok(out)
+        }
         Err(error) => {
+            INLINE_FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(error = %error, "storing snapshots inline failed; storing them through the pool");
             store_snapshots(db, fetched).await
         }
     }
+}
+
+/// How many times [`store_snapshots_inline`] left its snapshots to the pool in this process.
+static INLINE_FALLBACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times the inline snapshot writer has left its snapshots to the pool (another
+/// process held the store's write lock, or the inline write failed) since this process began.
+pub fn inline_fallbacks() -> u64 {
+    INLINE_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// One fetch to store, serialised.
