@@ -118,8 +118,9 @@ impl ReadRecorder {
                         if let Some(readers) = &readers {
                             readers.end_old_views();
                         }
-                        // Groups written here, or any other write this process committed
-                        // (the server's pool leaves the log to this checkpointer too).
+                        // Every commit this process made: the groups written here (the
+                        // inline writer reports each), and the server pool's writes (it
+                        // leaves the log to this checkpointer too).
                         written |= crate::db::take_sqlite_written();
                         if written && let Some(c) = checkpoints.as_mut() {
                             // Not waited for: the next group goes on meanwhile.
@@ -140,7 +141,6 @@ impl ReadRecorder {
                     Some(writer) => writer.write(&mut group).await,
                     None => write_group(&db, &group, &mut head).await,
                 };
-                written |= checkpoints.is_some() && outcome.is_ok();
                 let outcome = outcome.map_err(|e| {
                     tracing::error!(error = ?e, requests = group.len(), "recording reads failed");
                     e.to_string()
