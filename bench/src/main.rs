@@ -71,6 +71,9 @@ struct Args {
     /// Override the number of people in the world.
     #[arg(long)]
     people: Option<usize>,
+    /// Override the length of each measured load run, in seconds.
+    #[arg(long)]
+    run_secs: Option<u64>,
     /// Where criterion wrote its estimates.
     #[arg(long, default_value = "target/criterion")]
     criterion: PathBuf,
@@ -142,6 +145,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(rows) = args.ilf_rows {
         plan.ilf_rows = [rows / 4, rows];
+    }
+    if let Some(secs) = args.run_secs {
+        plan.run = Duration::from_secs(secs);
     }
     let mut report = Report::new(if args.quick { "quick" } else { "full" });
     anyhow::ensure!(
