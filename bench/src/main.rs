@@ -71,8 +71,8 @@ struct Args {
     /// Override the number of people in the world.
     #[arg(long)]
     people: Option<usize>,
-    /// Override the length of each measured load run, in seconds.
-    #[arg(long)]
+    /// Override the length of each measured load run, in seconds (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     run_secs: Option<u64>,
     /// Where criterion wrote its estimates.
     #[arg(long, default_value = "target/criterion")]
