@@ -58,6 +58,23 @@ impl ApiError {
         }
     }
 
+    /// Back to an owned error from one shared by several requests (a loader's, a merged
+    /// read's), keeping its documented code and message.
+    pub fn unshare(shared: std::sync::Arc<Self>) -> Self {
+        match std::sync::Arc::try_unwrap(shared) {
+            Ok(e) => e,
+            Err(shared) => match &*shared {
+                Self::BadInput(m) => Self::BadInput(m.clone()),
+                Self::Forbidden(m) => Self::Forbidden(m.clone()),
+                Self::NotFound(m) => Self::NotFound(m.clone()),
+                Self::Conflict(m) => Self::Conflict(m.clone()),
+                Self::UpstreamUnavailable(m) => Self::UpstreamUnavailable(m.clone()),
+                Self::Unauthenticated => Self::Unauthenticated,
+                other => Self::Internal(anyhow::anyhow!("{other:?}")),
+            },
+        }
+    }
+
     /// Wraps an internal failure with context for the log.
     pub fn internal(error: impl Into<anyhow::Error>, context: &'static str) -> Self {
         Self::Internal(error.into().context(context))

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod db;
 pub mod demo;

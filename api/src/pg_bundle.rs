@@ -15,6 +15,7 @@
 //! call, so it has no bundle.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use connectors::PersonRecords;
 use entities::{
@@ -23,7 +24,9 @@ use entities::{
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crate::budget::assemble::SourceMeta;
+use crate::coalesce::Answer;
 use crate::error::{ApiError, ApiResult};
+use crate::pg_reads::PgReads;
 use crate::services::plan::{self, Item};
 use crate::services::sources::decode_snapshot;
 
@@ -88,6 +91,39 @@ fn column<T: serde::de::DeserializeOwned>(
 ) -> ApiResult<Vec<T>> {
     let text: String = row.try_get("", name)?;
     serde_json::from_str(&text).map_err(|e| ApiError::internal(e, "reading a view's rows"))
+}
+
+/// What one request's views ask: (connector, subject key) pairs and person ids.
+pub type Asked = (Vec<(String, String)>, Vec<String>);
+
+/// As [`read`], merged with the reads of other requests in flight (see `coalesce`): the
+/// answer covers what every merged request asked, and a [`Bundle`] answers each read from
+/// what it was asked, so each request finds its own views' rows in it.
+pub async fn read_shared(
+    reads: &Arc<PgReads>,
+    pairs: Vec<(String, String)>,
+    people: Vec<String>,
+) -> Answer<Bundle> {
+    let on = reads.clone();
+    reads
+        .bundles
+        .read((pairs, people), move |asked: Vec<Asked>| {
+            let on = on.clone();
+            async move {
+                let mut pairs: Vec<(String, String)> = Vec::new();
+                let mut people: Vec<String> = Vec::new();
+                for (p, q) in asked {
+                    pairs.extend(p);
+                    people.extend(q);
+                }
+                pairs.sort_unstable();
+                pairs.dedup();
+                people.sort_unstable();
+                people.dedup();
+                read(&*on, &pairs, &people).await
+            }
+        })
+        .await
 }
 
 /// Reads, in one statement, what views of `people` asking about `pairs` can ask.

@@ -1561,3 +1561,64 @@ async fn the_postgres_bundle_reads_exactly_what_sea_orm_reads() {
         Some(Vec::new())
     );
 }
+
+/// On PostgreSQL the person reads of concurrent requests are merged (`coalesce`): each request
+/// still gets its own person, exactly as a single read returns it, and an unknown or malformed
+/// id gets NOT_FOUND without failing the others merged with it.
+#[tokio::test]
+async fn merged_postgres_person_reads_answer_each_request_with_its_own_person() {
+    use std::sync::Arc;
+    use tributary::reader::Reader;
+    use tributary::services::persons;
+
+    let app = spawn_app(Backend::Postgres).await;
+    let ids = app.register_world().await;
+    assert!(ids.len() > 8, "the world has {} people", ids.len());
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reads = tributary::pg_reads::PgReads::open(&app.database_url, 4, counter.clone())
+        .expect("a PostgreSQL store has readers of its own");
+    let reader = Reader::Postgres(Arc::new(reads));
+
+    // Every id at once, with an unknown and a malformed one among them.
+    let unknown = "00000000-0000-0000-0000-000000000000".to_owned();
+    let mut asked: Vec<String> = ids.clone();
+    asked.insert(3, unknown.clone());
+    asked.insert(5, "not an id".to_owned());
+    let answers =
+        futures::future::join_all(asked.iter().map(|id| persons::get_served(&reader, id))).await;
+    for (id, answer) in asked.iter().zip(answers) {
+        if *id == unknown || id == "not an id" {
+            assert_eq!(answer.unwrap_err().code(), "NOT_FOUND", "{id}");
+        } else {
+            let alone = persons::get(&app.db, id).await.unwrap();
+            assert!(!alone.identifiers.is_empty());
+            assert_eq!(answer.unwrap(), alone, "person {id}");
+        }
+    }
+
+    // The merged statement itself: every person asked for, with identifiers in the order a
+    // single read gives them, and nobody who was not asked for.
+    let some: Vec<String> = ids.iter().take(5).cloned().chain([unknown]).collect();
+    let many = persons::load_many(&app.db, &some).await.unwrap();
+    assert_eq!(many.len(), 5);
+    for id in &ids[..5] {
+        assert_eq!(many[id], persons::get(&app.db, id).await.unwrap());
+    }
+    assert!(persons::load_many(&app.db, &[]).await.unwrap().is_empty());
+}
+
+/// Budgets asked for many people at once on PostgreSQL, whose reads are merged across
+/// requests, are each exactly the budget that person's request gets alone.
+#[tokio::test]
+async fn concurrent_postgres_budgets_each_match_the_budget_read_alone() {
+    let (app, ids) = synced_world_with_a_plan(Backend::Postgres).await;
+    let mut alone = Vec::new();
+    for id in &ids {
+        alone.push(app.budget(id).await);
+    }
+    let together = futures::future::join_all(ids.iter().map(|id| app.budget(id))).await;
+    for ((id, one), merged) in ids.iter().zip(&alone).zip(&together) {
+        assert!(one["streams"].as_array().is_some_and(|s| !s.is_empty()));
+        assert_eq!(merged, one, "person {id}");
+    }
+}

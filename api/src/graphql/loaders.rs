@@ -23,22 +23,6 @@ fn shared(e: impl Into<ApiError>) -> Shared<ApiError> {
     Arc::new(e.into())
 }
 
-/// Back to an owned error, keeping its documented code.
-fn unshare(e: Shared<ApiError>) -> ApiError {
-    match Arc::try_unwrap(e) {
-        Ok(e) => e,
-        Err(shared) => match &*shared {
-            ApiError::BadInput(m) => ApiError::BadInput(m.clone()),
-            ApiError::Forbidden(m) => ApiError::Forbidden(m.clone()),
-            ApiError::NotFound(m) => ApiError::NotFound(m.clone()),
-            ApiError::Conflict(m) => ApiError::Conflict(m.clone()),
-            ApiError::UpstreamUnavailable(m) => ApiError::UpstreamUnavailable(m.clone()),
-            ApiError::Unauthenticated => ApiError::Unauthenticated,
-            other => ApiError::Internal(anyhow::anyhow!("{other:?}")),
-        },
-    }
-}
-
 /// Groups `(a, b)` keys by `a`.
 fn by_first(keys: &[(String, String)]) -> HashMap<&str, Vec<&str>> {
     let mut groups: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -218,11 +202,14 @@ impl Loader<BundleKey> for Bundles {
         pairs.sort_unstable();
         pairs.dedup();
         let people: Vec<String> = keys.iter().map(|(p, _)| p.clone()).collect();
-        let bundle = Arc::new(
-            pg_bundle::read(&self.0, &pairs, &people)
-                .await
-                .map_err(shared)?,
-        );
+        let bundle = match &self.0 {
+            Reader::Postgres(reads) => pg_bundle::read_shared(reads, pairs, people).await?,
+            other => Arc::new(
+                pg_bundle::read(other, &pairs, &people)
+                    .await
+                    .map_err(shared)?,
+            ),
+        };
         Ok(keys.iter().map(|k| (k.clone(), bundle.clone())).collect())
     }
 }
@@ -299,7 +286,7 @@ impl StoreReader for Loaders {
         let bundle = bundles
             .load_one((person_id.to_owned(), subjects.to_vec()))
             .await
-            .map_err(unshare)?;
+            .map_err(ApiError::unshare)?;
         if let Some(bundle) = bundle {
             self.prepared
                 .lock()
@@ -320,7 +307,7 @@ impl StoreReader for Loaders {
         self.snapshots
             .load_one((connector.to_owned(), subject_key.to_owned()))
             .await
-            .map_err(unshare)
+            .map_err(ApiError::unshare)
     }
 
     async fn current_extract(&self, connector: &str) -> ApiResult<Option<bulk_extract::Model>> {
@@ -330,7 +317,7 @@ impl StoreReader for Loaders {
         self.extracts
             .load_one(connector.to_owned())
             .await
-            .map_err(unshare)
+            .map_err(ApiError::unshare)
     }
 
     async fn bulk_rows(
@@ -345,7 +332,7 @@ impl StoreReader for Loaders {
             .bulk_rows
             .load_one((extract_id.to_owned(), subject_key.to_owned()))
             .await
-            .map_err(unshare)?
+            .map_err(ApiError::unshare)?
             .unwrap_or_default())
     }
 
@@ -361,7 +348,7 @@ impl StoreReader for Loaders {
             .rejected
             .load_one((connector.to_owned(), subject_key.to_owned()))
             .await
-            .map_err(unshare)?
+            .map_err(ApiError::unshare)?
             .unwrap_or_default())
     }
 
@@ -384,7 +371,7 @@ impl StoreReader for Loaders {
             .plan_items
             .load_one(person_id.to_owned())
             .await
-            .map_err(unshare)?
+            .map_err(ApiError::unshare)?
             .unwrap_or_default())
     }
 }
