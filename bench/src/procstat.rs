@@ -44,6 +44,31 @@ pub fn read(pid: u32) -> Option<Reading> {
     })
 }
 
+/// The CPU seconds (user plus system) used so far by every live process whose command name
+/// is `name`: for PostgreSQL, its server and every backend, which on this machine share the
+/// cores with the hub. A process that exited took its count with it.
+pub fn cpu_of_named(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0.0;
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some((head, after))) = (stat.find('('), stat.rsplit_once(')')) else {
+            continue;
+        };
+        if head.get(open + 1..) != Some(name) {
+            continue;
+        }
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+        ticks += field(11) + field(12);
+    }
+    ticks / TICKS_PER_SEC
+}
+
 /// The calling process's own reading.
 pub fn own() -> Reading {
     read(std::process::id()).unwrap_or_default()
@@ -109,5 +134,25 @@ impl Sampler {
     /// Stops polling.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU of the processes of a name counts this process's own, and a name no process has
+    /// counts nothing.
+    #[test]
+    fn cpu_of_named_counts_the_processes_of_that_name() {
+        let name = std::fs::read_to_string("/proc/self/comm").unwrap();
+        let name = name.trim_end();
+        // Spin until this process has used at least two clock ticks of its own.
+        let mut x = 0u64;
+        while own().cpu_secs < 0.02 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_of_named(name) >= own().cpu_secs - 1e-9);
+        assert_eq!(cpu_of_named("no-process-has-this-name"), 0.0);
     }
 }
