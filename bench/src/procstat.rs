@@ -22,12 +22,7 @@ pub struct Reading {
 /// Reads a process's CPU and memory; `None` once it has gone.
 pub fn read(pid: u32) -> Option<Reading> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields count from after ')'.
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // After ')': state is field 0, so utime (14th overall) is index 11 and stime index 12.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let (_, ticks) = name_and_ticks(&stat)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> u64 {
         status
@@ -38,10 +33,22 @@ pub fn read(pid: u32) -> Option<Reading> {
             .unwrap_or(0)
     };
     Some(Reading {
-        cpu_secs: (utime + stime) / TICKS_PER_SEC,
+        cpu_secs: ticks / TICKS_PER_SEC,
         rss_kb: field("VmRSS:"),
         hwm_kb: field("VmHWM:"),
     })
+}
+
+/// A `/proc/<pid>/stat` line's command name and its user plus system CPU, in clock ticks.
+fn name_and_ticks(stat: &str) -> Option<(&str, f64)> {
+    // The command name is in parentheses and may hold spaces: fields count from after ')'.
+    let (head, after) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After ')': state is field 0, so utime (14th overall) is index 11 and stime index 12.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
 }
 
 /// The CPU seconds (user plus system) used so far by every live process whose command name
@@ -51,21 +58,14 @@ pub fn cpu_of_named(name: &str) -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0.0;
     };
-    let mut ticks = 0.0;
-    for entry in entries.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some((head, after))) = (stat.find('('), stat.rsplit_once(')')) else {
-            continue;
-        };
-        if head.get(open + 1..) != Some(name) {
-            continue;
-        }
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let field = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
-        ticks += field(11) + field(12);
-    }
+    let ticks: f64 = entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|stat| match name_and_ticks(&stat) {
+            Some((n, ticks)) if n == name => Some(ticks),
+            _ => None,
+        })
+        .sum();
     ticks / TICKS_PER_SEC
 }
 

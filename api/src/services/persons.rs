@@ -412,6 +412,18 @@ fn to_identifier(row: person_identifier::Model) -> ApiResult<IdentifierRecord> {
     })
 }
 
+/// A person's row and their identifiers' rows, as read together.
+fn with_identifiers(
+    row: person::Model,
+    identifiers: Vec<person_identifier::Model>,
+) -> ApiResult<PersonRecord> {
+    let identifiers = identifiers
+        .into_iter()
+        .map(to_identifier)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(to_record(row, identifiers))
+}
+
 fn to_record(row: person::Model, identifiers: Vec<IdentifierRecord>) -> PersonRecord {
     let mut identifiers = identifiers;
     identifiers.sort_by(|a, b| (a.scheme, &a.value).cmp(&(b.scheme, &b.value)));
@@ -436,11 +448,7 @@ async fn load(db: &impl ConnectionTrait, id: &str) -> ApiResult<Option<PersonRec
     else {
         return Ok(None);
     };
-    let identifiers = identifiers
-        .into_iter()
-        .map(to_identifier)
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Some(to_record(row, identifiers)))
+    with_identifiers(row, identifiers).map(Some)
 }
 
 /// People by hub id with their identifiers, in one statement (a join) whatever their number:
@@ -463,11 +471,7 @@ pub async fn load_many(
         .await?;
     let mut people = HashMap::with_capacity(rows.len());
     for (row, identifiers) in rows {
-        let identifiers = identifiers
-            .into_iter()
-            .map(to_identifier)
-            .collect::<ApiResult<Vec<_>>>()?;
-        people.insert(row.id.clone(), to_record(row, identifiers));
+        people.insert(row.id.clone(), with_identifiers(row, identifiers)?);
     }
     Ok(people)
 }
@@ -506,11 +510,7 @@ pub async fn get_served(reader: &crate::reader::Reader, id: &str) -> ApiResult<P
     };
     let id = parse_person_id(id)?;
     let (row, identifiers) = local.person(&id)?.ok_or_else(|| no_person(&id))?;
-    let identifiers = identifiers
-        .into_iter()
-        .map(to_identifier)
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(to_record(row, identifiers))
+    with_identifiers(row, identifiers)
 }
 
 /// The hub person id holding an identifier; NOT_FOUND when nobody does.
