@@ -1009,6 +1009,18 @@ async fn postgres_readers_read_what_the_pool_reads_and_cannot_write() {
     assert_eq!(one.as_ref().map(|p| &p.id), Some(&ids[1]));
     assert_eq!(counter.load(std::sync::atomic::Ordering::SeqCst), 5);
 
+    // No JIT compilation: the planner's guesses for JSON parameters made a read of a few
+    // people look costly enough to compile, 45 ms for a read of under one.
+    let jit = reads
+        .query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('jit') AS jit",
+        ))
+        .await
+        .unwrap()
+        .expect("one row");
+    assert_eq!(jit.try_get::<String>("", "jit").unwrap(), "off");
+
     // No writing: sea-orm's writes are refused here, and a writing statement sent as a query
     // is refused by the server (the sessions are read-only).
     assert!(
