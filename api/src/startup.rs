@@ -147,7 +147,15 @@ impl Application {
             checked_before: build_schema(app, dev, &settings.limits, ValidationMode::Fast),
             auth: Arc::new(auth),
             db: db.clone(),
-            reads: crate::audit::ReadRecorder::start(db.clone(), reader.sqlite().cloned()),
+            reads: crate::audit::ReadRecorder::start(
+                db.clone(),
+                reader.sqlite().cloned(),
+                (db.get_database_backend() == sea_orm::DatabaseBackend::Postgres)
+                    .then(|| {
+                        crate::audit::PgAppender::open(&settings.database.url, queries.clone())
+                    })
+                    .flatten(),
+            ),
             reader,
             documents: limits::DocumentCache::default(),
             rate: TokenRate::new(&settings.limits),
