@@ -255,7 +255,7 @@ async fn write_group(
         && let Some(expected) = head.take()
         && let Some((statement, moved)) = append_if_head_is(&expected, &groups)
         && match appender {
-            Some(appender) => appender.execute(statement).await?,
+            Some(appender) => appender.execute(db, statement).await?,
             None => db.execute_raw(statement).await?.rows_affected(),
         } == count as u64
     {
@@ -288,12 +288,18 @@ pub const APPENDER_NAME: &str = "tributary-audit";
 /// 4,888 to 5,139, 5,598 and 5,666 queries a second. Writing the group the locked way, when
 /// another writer moved the head, stays on the pool.
 ///
-/// The session is opened when first needed, pinged when it sat idle for a while, and dropped
-/// after any failure (the next group opens another): a failed group is reported to its
-/// requests, as through the pool.
+/// The session is opened when first needed (within [`APPENDER_WAIT`]) and pinged when it sat
+/// idle for a while. When it cannot be opened, nothing has reached the server, so the group's
+/// statement goes through the pool instead, and the appender tries again only after
+/// [`APPENDER_RETRY`]: a server with no connection to spare costs the planning saved here,
+/// never a group. A session that fails once its statement was sent (the statement may have
+/// committed) is dropped and the group reported failed to its requests, as through the pool;
+/// the next group then takes the locked path, and the one after opens a new session.
 pub struct PgAppender {
     options: PgConnectOptions,
     connection: Option<(PgConnection, std::time::Instant)>,
+    /// When opening a session last failed.
+    failed_at: Option<std::time::Instant>,
     queries: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -307,6 +313,14 @@ impl std::fmt::Debug for PgAppender {
 
 /// An appender's session idle longer than this is pinged before it is used.
 const APPENDER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The longest the appender waits to open or ping its session, or for its statement, as the
+/// pool bounds its waits: the writer is one task, and every request reading personal data
+/// waits on it.
+pub const APPENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long after failing to open a session the appender leaves its statements to the pool.
+const APPENDER_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl PgAppender {
     /// The appender for the PostgreSQL database at `url`, its statements counted in `queries`;
@@ -323,54 +337,86 @@ impl PgAppender {
         Some(Self {
             options,
             connection: None,
+            failed_at: None,
             queries,
         })
     }
 
-    /// The session, opened (or tested, after a while idle) as needed.
-    async fn session(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+    /// The session, opened (or tested, after a while idle) as needed; `None` when it cannot
+    /// be opened now.
+    async fn session(&mut self) -> Option<&mut PgConnection> {
+        use tokio::time::timeout;
         let usable = match self.connection.take() {
             Some((mut c, since)) if since.elapsed() > APPENDER_IDLE => {
-                c.ping().await.is_ok().then_some(c)
+                matches!(timeout(APPENDER_WAIT, c.ping()).await, Ok(Ok(()))).then_some(c)
             }
             other => other.map(|(c, _)| c),
         };
         let connection = match usable {
             Some(c) => c,
-            None => self.options.connect().await?,
+            None => {
+                if self
+                    .failed_at
+                    .is_some_and(|at| at.elapsed() < APPENDER_RETRY)
+                {
+                    return None;
+                }
+                match timeout(APPENDER_WAIT, self.options.connect()).await {
+                    Ok(Ok(c)) => c,
+                    outcome => {
+                        let error = match outcome {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_owned(),
+                        };
+                        tracing::warn!(%error, "the audit writer's own PostgreSQL session could not be opened; its appends go through the pool for now");
+                        self.failed_at = Some(std::time::Instant::now());
+                        return None;
+                    }
+                }
+            }
         };
+        self.failed_at = None;
         let (connection, _) = self
             .connection
             .insert((connection, std::time::Instant::now()));
-        Ok(connection)
+        Some(connection)
     }
 
-    /// Runs `statement`, returning the rows it affected.
-    async fn execute(&mut self, statement: sea_orm::Statement) -> ApiResult<u64> {
-        self.queries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let values = statement.values.unwrap_or(sea_orm::Values(Vec::new()));
-        let outcome = match self.session().await {
-            Ok(connection) => sqlx::query_with(
-                sqlx::AssertSqlSafe(statement.sql.as_str()),
-                sea_query_sqlx::SqlxValues(values),
-            )
-            .execute(&mut *connection)
-            .await
-            .map(|done| done.rows_affected()),
-            Err(e) => Err(e),
+    /// Runs `statement` on the session, or through `db`'s pool when there is none; returns
+    /// the rows it affected.
+    async fn execute(
+        &mut self,
+        db: &DatabaseConnection,
+        statement: sea_orm::Statement,
+    ) -> ApiResult<u64> {
+        let queries = self.queries.clone();
+        let Some(connection) = self.session().await else {
+            return Ok(db.execute_raw(statement).await?.rows_affected());
         };
-        match outcome {
-            Ok(rows) => {
+        queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let values = statement.values.unwrap_or(sea_orm::Values(Vec::new()));
+        let run = sqlx::query_with(
+            sqlx::AssertSqlSafe(statement.sql.as_str()),
+            sea_query_sqlx::SqlxValues(values),
+        )
+        .execute(&mut *connection);
+        match tokio::time::timeout(APPENDER_WAIT, run).await {
+            Ok(Ok(done)) => {
                 if let Some((_, since)) = self.connection.as_mut() {
                     *since = std::time::Instant::now();
                 }
-                Ok(rows)
+                Ok(done.rows_affected())
             }
-            Err(e) => {
-                // Its state is unknown: the next group opens another.
+            outcome => {
+                // Its state is unknown, and the statement may have committed: the group is
+                // reported failed, and a later group opens another session.
                 self.connection = None;
-                Err(ApiError::internal(e, "recording reads in the audit log"))
+                Err(match outcome {
+                    Ok(Err(e)) => ApiError::internal(e, "recording reads in the audit log"),
+                    _ => ApiError::Internal(anyhow::anyhow!(
+                        "recording reads in the audit log timed out"
+                    )),
+                })
             }
         }
     }

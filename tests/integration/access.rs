@@ -1048,3 +1048,45 @@ async fn on_postgres_a_requests_reads_are_recorded_in_one_statement_and_the_chai
     assert_eq!(reads, 4 + recorded, "every answered read recorded once");
     assert!(events >= 5, "{events}");
 }
+
+/// On PostgreSQL, when the audit writer cannot open a session of its own (a server with no
+/// connection to spare, say), its one-statement appends go through the pool: no request's
+/// reads fail for it, and the chain holds.
+#[tokio::test]
+async fn on_postgres_reads_are_recorded_through_the_pool_when_the_audit_session_cannot_open() {
+    let app = spawn_app(Backend::Postgres).await;
+    let ids = app.register_world().await;
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Nothing listens on port 1: connecting is refused at once.
+    let appender = audit::PgAppender::open("postgres://postgres@127.0.0.1:1/none", counter.clone())
+        .expect("a PostgreSQL URL");
+    let recorder = audit::ReadRecorder::start(app.db.clone(), None, Some(appender));
+    let reader = tributary::auth::Principal {
+        sub: "test-auditor".into(),
+        role: Role::Auditor,
+        acts_for: Vec::new(),
+        agency: None,
+        purpose: Some("checking the audit writer".into()),
+        request_id: "no-session".into(),
+    };
+    // The first group takes the locked path; each after it would be one statement on the
+    // appender's session, which cannot open.
+    for id in &ids[..4] {
+        recorder
+            .record(&reader, vec![(Some(id.clone()), "person.read")])
+            .await
+            .expect("the group is written through the pool");
+    }
+    assert_eq!(
+        counter.load(Ordering::SeqCst),
+        0,
+        "no statement ran on a session"
+    );
+    let recorded: i64 = app
+        .scalar("SELECT COUNT(*) FROM audit_events WHERE request_id = 'no-session'")
+        .await;
+    assert_eq!(recorded, 4);
+    let ChainStatus::Holds { .. } = audit::verify(&app.db).await.unwrap() else {
+        panic!("the chain should hold")
+    };
+}
