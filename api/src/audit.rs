@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use entities::{audit_event, audit_head};
 use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
-use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
+use sea_orm::sqlx::{self, ConnectOptions as _};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
     DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -311,11 +311,8 @@ impl std::fmt::Debug for PgAppender {
     }
 }
 
-/// An appender's session idle longer than this is pinged before it is used.
-const APPENDER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// The longest the appender waits to open or ping its session, or for its statement, as the
-/// pool bounds its waits: the writer is one task, and every request reading personal data
+/// The longest the appender waits to open its session, or for its statement (its idle ping is
+/// bounded as the readers' is, see `pg_reads::still_usable`), as the pool bounds its waits: the writer is one task, and every request reading personal data
 /// waits on it.
 pub const APPENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -326,12 +323,7 @@ impl PgAppender {
     /// The appender for the PostgreSQL database at `url`, its statements counted in `queries`;
     /// `None` when `url` is not PostgreSQL.
     pub fn open(url: &str, queries: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Option<Self> {
-        use std::str::FromStr;
-        if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
-            return None;
-        }
-        let options = PgConnectOptions::from_str(url)
-            .ok()?
+        let options = crate::pg_reads::options_for(url)?
             .application_name(APPENDER_NAME)
             .disable_statement_logging();
         Some(Self {
@@ -345,12 +337,9 @@ impl PgAppender {
     /// The session, opened (or tested, after a while idle) as needed; `None` when it cannot
     /// be opened now.
     async fn session(&mut self) -> Option<&mut PgConnection> {
-        use tokio::time::timeout;
         let usable = match self.connection.take() {
-            Some((mut c, since)) if since.elapsed() > APPENDER_IDLE => {
-                matches!(timeout(APPENDER_WAIT, c.ping()).await, Ok(Ok(()))).then_some(c)
-            }
-            other => other.map(|(c, _)| c),
+            Some(kept) => crate::pg_reads::still_usable(kept).await,
+            None => None,
         };
         let connection = match usable {
             Some(c) => c,
@@ -361,7 +350,7 @@ impl PgAppender {
                 {
                     return None;
                 }
-                match timeout(APPENDER_WAIT, self.options.connect()).await {
+                match tokio::time::timeout(APPENDER_WAIT, self.options.connect()).await {
                     Ok(Ok(c)) => c,
                     outcome => {
                         let error = match outcome {

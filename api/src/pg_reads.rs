@@ -70,6 +70,30 @@ const MERGED_READS: usize = 2;
 /// it meanwhile); one in steady use is not.
 const TEST_IF_IDLE_FOR: Duration = Duration::from_secs(30);
 
+/// The longest a test of an idle connection waits for the server's answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection options for `url`, when it names a PostgreSQL database.
+pub(crate) fn options_for(url: &str) -> Option<PgConnectOptions> {
+    if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        return None;
+    }
+    PgConnectOptions::from_str(url).ok()
+}
+
+/// A connection put aside at `since`, if it can still be used: one idle longer than
+/// [`TEST_IF_IDLE_FOR`] is pinged first (the server may have closed it meanwhile), and is
+/// dropped when the ping fails or goes unanswered for [`PING_TIMEOUT`].
+pub(crate) async fn still_usable(
+    (mut connection, since): (PgConnection, Instant),
+) -> Option<PgConnection> {
+    if since.elapsed() <= TEST_IF_IDLE_FOR {
+        return Some(connection);
+    }
+    let answered = tokio::time::timeout(PING_TIMEOUT, connection.ping()).await;
+    matches!(answered, Ok(Ok(()))).then_some(connection)
+}
+
 /// Readers over one PostgreSQL database.
 #[derive(Debug)]
 pub struct PgReads {
@@ -117,11 +141,7 @@ impl PgReads {
     /// planning as PostgreSQL does by default (see the module's notes). `None` when `url` is
     /// not PostgreSQL.
     pub fn open(url: &str, max_connections: u32, queries: Arc<AtomicU64>) -> Option<Self> {
-        if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
-            return None;
-        }
-        let options = PgConnectOptions::from_str(url)
-            .ok()?
+        let options = options_for(url)?
             .options([("default_transaction_read_only", "on"), ("jit", "off")])
             .application_name(READER_NAME)
             .disable_statement_logging();
@@ -158,12 +178,10 @@ impl PgReads {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
+        // A connection the server has closed is dropped, and a new one opened.
         let idle = match idle {
-            Some((mut c, since)) if since.elapsed() > TEST_IF_IDLE_FOR => {
-                // A connection the server has closed is dropped, and a new one opened.
-                c.ping().await.is_ok().then_some(c)
-            }
-            other => other.map(|(c, _)| c),
+            Some(idle) => still_usable(idle).await,
+            None => None,
         };
         let connection = match idle {
             Some(c) => c,
