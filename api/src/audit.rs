@@ -105,7 +105,7 @@ impl ReadRecorder {
         let writer = async move {
             let mut checkpoints = local
                 .as_ref()
-                .map(|l| Checkpointer::new(l.path().to_path_buf()));
+                .map(|l| Checkpointer::new(l.path().to_path_buf(), Some(l.clone())));
             let readers = local.clone();
             let mut sqlite = local.map(SqliteGroupWriter);
             let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
@@ -145,7 +145,15 @@ impl ReadRecorder {
                     }
                 }
                 let outcome = match sqlite.as_mut() {
-                    Some(writer) => writer.write(&mut group).await,
+                    Some(writer) => {
+                        if checkpoints
+                            .as_ref()
+                            .is_some_and(Checkpointer::take_finished)
+                        {
+                            writer.catch_up().await;
+                        }
+                        writer.write(&mut group).await
+                    }
                     None => write_group(&db, appender.as_mut(), &group, &mut head).await,
                 };
                 let outcome = outcome.map_err(|e| {
@@ -583,40 +591,104 @@ impl SqliteGroupWriter {
             .await
             .map_err(|e| ApiError::internal(e, "recording reads in the audit log"))
     }
+
+    /// Copies back what the last background checkpoint left of the log, so this writer's
+    /// next group starts the log over (see `SqliteReads::catch_up_log`). A failure costs only
+    /// a longer log: the group is written all the same.
+    async fn catch_up(&mut self) {
+        if let Err(e) = self.0.catch_up_log().await {
+            tracing::warn!(error = %e, "copying the rest of the log back failed");
+        }
+    }
 }
 
 /// How often the WAL is copied back into a SQLite store's file (see [`Checkpointer`]).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// A background checkpoint copies in rounds until a round copies at most this many frames.
+const CATCH_UP_FRAMES: i64 = 64;
+
+/// The log's length, in frames, past which the group writer catches up after a background
+/// checkpoint (about 32 MB). Below it, the log starts over by itself often enough: a
+/// catch-up waits for the file to be synced, and the group waiting behind it would feel that.
+const CATCH_UP_ABOVE: i64 = 8192;
+
+/// The most rounds of one background checkpoint.
+const CHECKPOINT_ROUNDS: usize = 6;
+
 /// Copies a SQLite store's write-ahead log back into its file in the background ("passive"
 /// checkpoints: they wait for no reader or writer). Left to SQLite, the commit that crosses
 /// 1,000 pages of log does the copying itself, while every request waiting for its reads to be
-/// recorded waits behind it; the group writer's own connection therefore never checkpoints.
+/// recorded waits behind it; the group writer's own connection therefore copies back only the
+/// little a background checkpoint leaves (see [`SqliteGroupWriter::catch_up`]).
 struct Checkpointer {
     path: std::path::PathBuf,
+    /// The server's readers, whose views it lets go before each round.
+    readers: Option<std::sync::Arc<crate::sqlite_reads::SqliteReads>>,
     running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set when a background checkpoint left a log of [`CATCH_UP_ABOVE`] frames or more.
+    finished: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Checkpointer {
-    fn new(path: std::path::PathBuf) -> Self {
+    fn new(
+        path: std::path::PathBuf,
+        readers: Option<std::sync::Arc<crate::sqlite_reads::SqliteReads>>,
+    ) -> Self {
         Self {
             path,
+            readers,
             running: Default::default(),
+            finished: Default::default(),
         }
     }
 
-    /// Starts a checkpoint on a blocking thread, unless one is still running.
+    /// Whether a background checkpoint has left a long log since this was last asked: the
+    /// group writer should catch up.
+    fn take_finished(&self) -> bool {
+        self.finished
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Starts a checkpoint on a blocking thread, unless one is still running. It copies in
+    /// rounds, each letting the readers' views go first (so none holds the copy back), until
+    /// a round finds at most [`CATCH_UP_FRAMES`] new frames to copy: what the group writer
+    /// then copies itself is about that little.
     fn start(&mut self) -> Option<tokio::task::JoinHandle<()>> {
         use std::sync::atomic::Ordering;
         if self.running.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let (path, running) = (self.path.clone(), self.running.clone());
+        let (path, readers, running, finished) = (
+            self.path.clone(),
+            self.readers.clone(),
+            self.running.clone(),
+            self.finished.clone(),
+        );
         Some(tokio::task::spawn_blocking(move || {
-            let done = crate::sqlite_writes::open(&path)
-                .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
-            if let Err(e) = done {
-                tracing::warn!(error = %e, "a background checkpoint failed");
+            let done = crate::sqlite_writes::open(&path).and_then(|c| {
+                let mut copied_before = 0;
+                let mut log = 0;
+                for _ in 0..CHECKPOINT_ROUNDS {
+                    if let Some(readers) = &readers {
+                        readers.release_views();
+                    }
+                    let copied: i64;
+                    (log, copied) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get(1)?, r.get(2)?))
+                    })?;
+                    let fresh = copied - copied_before;
+                    copied_before = copied;
+                    // Fewer than zero: the log started over meanwhile.
+                    if fresh <= CATCH_UP_FRAMES {
+                        break;
+                    }
+                }
+                Ok(log)
+            });
+            match done {
+                Ok(log) => finished.store(log >= CATCH_UP_ABOVE, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "a background checkpoint failed"),
             }
             running.store(false, Ordering::Release);
         }))
@@ -988,11 +1060,26 @@ mod tests {
         }
         assert_eq!(file_size(), before, "the writer copied the log back itself");
 
-        let mut checkpointer = Checkpointer::new(path.clone());
+        let mut checkpointer = Checkpointer::new(path.clone(), None);
         checkpointer.start().unwrap().await.unwrap();
         assert!(
             file_size() > before + 1500 * 3000,
             "the checkpointer copied the log back"
         );
+        assert!(
+            !checkpointer.take_finished(),
+            "a log this short starts over by itself: the writer need not catch up"
+        );
+
+        // A row a page, with the pages above it: well past the catch-up length.
+        for _ in 0..4500 {
+            writer.execute("INSERT INTO t VALUES (?1)", [&row]).unwrap();
+        }
+        checkpointer.start().unwrap().await.unwrap();
+        assert!(
+            checkpointer.take_finished(),
+            "the writer is told to catch up"
+        );
+        assert!(!checkpointer.take_finished(), "once");
     }
 }

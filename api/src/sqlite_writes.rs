@@ -10,8 +10,9 @@
 //! A writer takes this process's SQLite write turn first, like every writer (see
 //! `db::begin_write`), so it never waits on SQLite's lock for a writer of this process.
 //! It runs statements sea-orm builds for SQLite ([`execute`]), with values bound as sqlx binds
-//! them, so what it stores is exactly what sea-orm would store. Its connection never
-//! checkpoints: the audit writer's background checkpointer copies the log back.
+//! them, so what it stores is exactly what sea-orm would store. Its connection checkpoints only
+//! when told to ([`SqliteWriter::checkpoint`]): the audit writer's background checkpointer
+//! copies the log back, and the writer copies back the little that leaves.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +80,32 @@ impl SqliteWriter {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(connection);
         Ok(out)
+    }
+
+    /// Copies the write-ahead log back into the file on this writer's connection, under this
+    /// process's write turn (so none of its writers commits meanwhile), waiting for no other
+    /// connection; returns whether the whole log was copied back.
+    pub async fn checkpoint(&self) -> rusqlite::Result<bool> {
+        let turn = crate::db::sqlite_write_turn().await;
+        let idle = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let connection = match idle {
+            Some(c) => c,
+            None => open(&self.path)?,
+        };
+        let (busy, log, copied): (i64, i64, i64) =
+            connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        drop(turn);
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(connection);
+        Ok(busy == 0 && log == copied)
     }
 }
 
