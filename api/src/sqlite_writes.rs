@@ -59,27 +59,36 @@ impl SqliteWriter {
         write: impl FnOnce(&Writing<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         let turn = crate::db::sqlite_write_turn().await;
-        let idle = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let opened = match idle {
-            Some(c) => Ok(c),
-            None => open(&self.path),
-        };
-        let outcome = opened.and_then(|mut connection| {
+        let outcome = self.connection().and_then(|mut connection| {
             connection.busy_timeout(busy_timeout)?;
             run(&mut connection, self.queries.as_deref(), write).map(|out| (out, connection))
         });
         drop(turn);
         let (out, connection) = outcome?;
         crate::db::note_sqlite_written();
+        self.keep(connection);
+        Ok(out)
+    }
+
+    /// The idle connection, or a new one.
+    fn connection(&self) -> rusqlite::Result<Connection> {
+        let idle = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match idle {
+            Some(c) => Ok(c),
+            None => open(&self.path),
+        }
+    }
+
+    /// Keeps `connection` for the next use.
+    fn keep(&self, connection: Connection) {
         *self
             .connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(connection);
-        Ok(out)
     }
 
     /// Copies the write-ahead log back into the file on this writer's connection, under this
@@ -87,24 +96,13 @@ impl SqliteWriter {
     /// connection; returns whether the whole log was copied back.
     pub async fn checkpoint(&self) -> rusqlite::Result<bool> {
         let turn = crate::db::sqlite_write_turn().await;
-        let idle = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let connection = match idle {
-            Some(c) => c,
-            None => open(&self.path)?,
-        };
+        let connection = self.connection()?;
         let (busy, log, copied): (i64, i64, i64) =
             connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
         drop(turn);
-        *self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(connection);
+        self.keep(connection);
         Ok(busy == 0 && log == copied)
     }
 }
