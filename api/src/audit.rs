@@ -148,7 +148,7 @@ impl ReadRecorder {
                     Some(writer) => {
                         if checkpoints
                             .as_ref()
-                            .is_some_and(Checkpointer::take_finished)
+                            .is_some_and(Checkpointer::take_catch_up)
                         {
                             writer.catch_up().await;
                         }
@@ -627,7 +627,7 @@ struct Checkpointer {
     readers: Option<std::sync::Arc<crate::sqlite_reads::SqliteReads>>,
     running: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Set when a background checkpoint left a log of [`CATCH_UP_ABOVE`] frames or more.
-    finished: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    catch_up_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Checkpointer {
@@ -639,14 +639,14 @@ impl Checkpointer {
             path,
             readers,
             running: Default::default(),
-            finished: Default::default(),
+            catch_up_wanted: Default::default(),
         }
     }
 
     /// Whether a background checkpoint has left a long log since this was last asked: the
     /// group writer should catch up.
-    fn take_finished(&self) -> bool {
-        self.finished
+    fn take_catch_up(&self) -> bool {
+        self.catch_up_wanted
             .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
@@ -659,11 +659,11 @@ impl Checkpointer {
         if self.running.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let (path, readers, running, finished) = (
+        let (path, readers, running, catch_up_wanted) = (
             self.path.clone(),
             self.readers.clone(),
             self.running.clone(),
-            self.finished.clone(),
+            self.catch_up_wanted.clone(),
         );
         Some(tokio::task::spawn_blocking(move || {
             let done = crate::sqlite_writes::open(&path).and_then(|c| {
@@ -687,7 +687,7 @@ impl Checkpointer {
                 Ok(log)
             });
             match done {
-                Ok(log) => finished.store(log >= CATCH_UP_ABOVE, Ordering::Release),
+                Ok(log) => catch_up_wanted.store(log >= CATCH_UP_ABOVE, Ordering::Release),
                 Err(e) => tracing::warn!(error = %e, "a background checkpoint failed"),
             }
             running.store(false, Ordering::Release);
@@ -1067,7 +1067,7 @@ mod tests {
             "the checkpointer copied the log back"
         );
         assert!(
-            !checkpointer.take_finished(),
+            !checkpointer.take_catch_up(),
             "a log this short starts over by itself: the writer need not catch up"
         );
 
@@ -1077,9 +1077,9 @@ mod tests {
         }
         checkpointer.start().unwrap().await.unwrap();
         assert!(
-            checkpointer.take_finished(),
+            checkpointer.take_catch_up(),
             "the writer is told to catch up"
         );
-        assert!(!checkpointer.take_finished(), "once");
+        assert!(!checkpointer.take_catch_up(), "once");
     }
 }
