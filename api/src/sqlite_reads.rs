@@ -653,6 +653,22 @@ impl SqliteReads {
 mod tests {
     use super::*;
 
+    /// The bundled SQLite is built as `.cargo/config.toml` says: each connection's page cache
+    /// its own, with no process-wide mutex in front of it or around every allocation.
+    #[test]
+    fn sqlite_is_built_without_shared_page_caches_or_memory_statistics() {
+        let c = Connection::open_in_memory().unwrap();
+        let used = |option: &str| -> bool {
+            c.query_row("SELECT sqlite_compileoption_used(?1)", [option], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert!(used("THREADSAFE=1"), "the options are read");
+        assert!(!used("ENABLE_MEMORY_MANAGEMENT"));
+        assert!(used("DEFAULT_MEMSTATUS=0"));
+    }
+
     #[test]
     fn only_a_sqlite_file_is_read_inline() {
         let counter = Arc::new(AtomicU64::new(0));
