@@ -613,8 +613,9 @@ const CATCH_UP_FRAMES: i64 = 64;
 /// catch-up waits for the log and the file to be synced, and every request waiting for its
 /// reads to be recorded waits behind it: under the benchmark's load those syncs took 3 to 24
 /// ms. At 8,192 frames (32 MB) the writer caught up about every half second, and one request
-/// in a hundred felt it (p99 at a constant 3,000 queries a second 12 to 16 ms, against 4.3 to
-/// 4.7 ms at this length, with catch-ups every three seconds or so). The log file stays at
+/// in a hundred felt it (p99 at a constant 3,000 queries a second 12 to 16 ms in quick runs,
+/// against 4 to 5 ms at this length in most runs and 10 ms in one, with catch-ups every three
+/// seconds or so). The log file stays at
 /// its longest length once grown (SQLite reuses it from the start), so past its first growth
 /// a longer log costs disk, not work.
 const CATCH_UP_ABOVE: i64 = 32_768;
