@@ -615,9 +615,8 @@ const CATCH_UP_FRAMES: i64 = 64;
 /// ms. At 8,192 frames (32 MB) the writer caught up about every half second, and one request
 /// in a hundred felt it (p99 at a constant 3,000 queries a second 12 to 16 ms in quick runs,
 /// against 4 to 5 ms at this length in most runs and 10 ms in one, with catch-ups every three
-/// seconds or so). The log file stays at
-/// its longest length once grown (SQLite reuses it from the start), so past its first growth
-/// a longer log costs disk, not work.
+/// seconds or so). The log file stays at its longest length once grown (SQLite reuses it
+/// from the start), so past its first growth a longer log costs disk, not work.
 const CATCH_UP_ABOVE: i64 = 32_768;
 
 /// The most rounds of one background checkpoint.
@@ -635,7 +634,7 @@ struct Checkpointer {
     running: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Set when a background checkpoint left a log of `catch_up_above` frames or more.
     catch_up_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// [`CATCH_UP_ABOVE`], but for tests.
+    /// The log length that sets `catch_up_wanted`: [`CATCH_UP_ABOVE`], shorter in tests.
     catch_up_above: i64,
 }
 
