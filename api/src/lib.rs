@@ -17,6 +17,7 @@ pub mod graphql;
 pub mod limits;
 pub mod pg_bundle;
 pub mod pg_reads;
+pub mod pg_snapshots;
 pub mod reader;
 pub mod services;
 pub mod sqlite_reads;

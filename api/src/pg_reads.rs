@@ -35,6 +35,12 @@
 //! Each connection opens with `default_transaction_read_only`, so nothing here can write. A
 //! connection whose read failed, or whose read was abandoned half way (a client that went
 //! away), is closed rather than put back, since its state is unknown.
+//!
+//! The one exception keeps sessions of its own: the statement that stores a view's answers
+//! (`pg_snapshots`) runs on [`PgReads::snapshot_writer`], a few writable sessions kept the same
+//! way and planning the same way. Through the pool, that statement was planned afresh on every
+//! use, and planning was a third of its time; here it keeps a generic plan per session. A
+//! write whose connection was lost is not asked again (it may have been committed).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -53,6 +59,12 @@ use crate::services::persons::PersonRecord;
 
 /// The `application_name` the readers' sessions carry (in `pg_stat_activity`).
 pub const READER_NAME: &str = "tributary-reader";
+
+/// The `application_name` of the views' snapshot writer's sessions (see `pg_snapshots`).
+pub const SNAPSHOT_WRITER_NAME: &str = "tributary-snapshots";
+
+/// The most sessions the views' snapshot writer keeps.
+const SNAPSHOT_WRITERS: usize = 4;
 
 /// How long a read waits for a free connection before it fails, as sqlx's pool would.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,6 +120,12 @@ pub struct PgReads {
     /// The served path's person reads of concurrent requests, merged (see
     /// `persons::get_served`).
     pub(crate) people: Coalesce<String, HashMap<String, PersonRecord>>,
+    /// Whether these sessions write (the views' snapshot writer's): then a statement whose
+    /// connection was lost is not asked again, since it may have been committed.
+    writes: bool,
+    /// Sessions of their own, planning as the readers' do, for the one statement that keeps a
+    /// view's answers (see `pg_snapshots`); `None` on the writer's own sessions.
+    pub(crate) snapshot_writer: Option<Box<PgReads>>,
 }
 
 fn query_failed(e: sqlx::Error) -> DbErr {
@@ -145,15 +163,37 @@ impl PgReads {
             .options([("default_transaction_read_only", "on"), ("jit", "off")])
             .application_name(READER_NAME)
             .disable_statement_logging();
+        let writer = options_for(url)?
+            .options([("jit", "off")])
+            .application_name(SNAPSHOT_WRITER_NAME)
+            .disable_statement_logging();
         let permits = usize::try_from(max_connections.max(1)).unwrap_or(1);
-        Some(Self {
+        let mut reads = Self::sessions(options, permits, queries.clone(), false);
+        reads.snapshot_writer = Some(Box::new(Self::sessions(
+            writer,
+            permits.min(SNAPSHOT_WRITERS),
+            queries,
+            true,
+        )));
+        Some(reads)
+    }
+
+    fn sessions(
+        options: PgConnectOptions,
+        permits: usize,
+        queries: Arc<AtomicU64>,
+        writes: bool,
+    ) -> Self {
+        Self {
             options,
             idle: std::sync::Mutex::new(Vec::new()),
             permits: Semaphore::new(permits),
             queries,
             bundles: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
             people: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
-        })
+            writes,
+            snapshot_writer: None,
+        }
     }
 
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
@@ -214,7 +254,7 @@ impl PgReads {
             Ok(rows) => rows,
             // A read changes nothing, so one that lost its connection (the server restarted,
             // or closed an idle session) is asked again once, on a new connection.
-            Err(e) if connection_lost(&e) => {
+            Err(e) if !self.writes && connection_lost(&e) => {
                 drop(lease);
                 lease = self.lease_new().await?;
                 run(values)

@@ -491,3 +491,136 @@ async fn sync_twice_reports_everything_unchanged_the_second_time() {
         [("ilf".to_owned(), ExtractOutcome::Unchanged)]
     );
 }
+
+/// The store as `DirectStore` reads it, except that telling it what a view will read waits
+/// until every live partner has been asked: a view that asked its partners only after the
+/// read would wait here for good (ended by the test's deadline).
+struct ReadsAfterThePartnersAreAsked<'a> {
+    direct: tributary::services::sources::DirectStore<'a>,
+    partners: Vec<&'a sandboxes::Faults>,
+    before: Vec<u64>,
+}
+
+#[async_trait::async_trait]
+impl tributary::services::sources::StoreReader for ReadsAfterThePartnersAreAsked<'_> {
+    async fn prepare(
+        &self,
+        _person_id: &str,
+        _subjects: &[(String, String)],
+    ) -> tributary::error::ApiResult<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .partners
+            .iter()
+            .zip(&self.before)
+            .any(|(partner, &before)| partner.hits() == before)
+        {
+            if Instant::now() > deadline {
+                return Err(tributary::error::ApiError::Internal(anyhow::anyhow!(
+                    "the partners were not asked while the store was read"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+    async fn snapshot(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> tributary::error::ApiResult<
+        Option<(
+            connectors::PersonRecords,
+            tributary::budget::assemble::SourceMeta,
+        )>,
+    > {
+        self.direct.snapshot(connector, subject_key).await
+    }
+    async fn current_extract(
+        &self,
+        connector: &str,
+    ) -> tributary::error::ApiResult<Option<entities::bulk_extract::Model>> {
+        self.direct.current_extract(connector).await
+    }
+    async fn bulk_rows(
+        &self,
+        extract_id: &str,
+        subject_key: &str,
+    ) -> tributary::error::ApiResult<Vec<entities::bulk_record::Model>> {
+        self.direct.bulk_rows(extract_id, subject_key).await
+    }
+    async fn rejected(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> tributary::error::ApiResult<Vec<entities::rejected_record::Model>> {
+        self.direct.rejected(connector, subject_key).await
+    }
+    async fn plan_items(
+        &self,
+        person_id: &str,
+    ) -> tributary::error::ApiResult<Vec<tributary::services::plan::Item>> {
+        self.direct.plan_items(person_id).await
+    }
+}
+
+/// A partner asked on every view (`cache_ttl_secs = 0`) is asked while the store is read, not
+/// after: its answer never waits on a read that could not have spared the call. A partner
+/// whose snapshots may be young is still asked only after its snapshot was read.
+#[tokio::test]
+async fn partners_asked_on_every_view_are_asked_while_the_store_is_read() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        for c in &mut s.connectors {
+            if c.id.as_str() != "phb" {
+                c.cache_ttl_secs = 0;
+            }
+        }
+    })
+    .await;
+    let ids = app.register_world().await;
+    let auditor = tributary::auth::Principal {
+        sub: "test-auditor".into(),
+        role: tributary::auth::Role::Auditor,
+        acts_for: Vec::new(),
+        agency: None,
+        purpose: Some("checking when partners are asked".into()),
+        request_id: "overlap".into(),
+    };
+    let person = tributary::services::persons::get(&app.db, &ids[0])
+        .await
+        .unwrap();
+    let window = tributary::budget::period::Window::parse_financial_year("2026-27").unwrap();
+    // A first view stores the health board's snapshot, young from then on.
+    app.budget(&ids[0]).await;
+    let partners: Vec<&sandboxes::Faults> = vec![
+        &app.sandboxes.council.faults,
+        &app.sandboxes.access_to_work.faults,
+    ];
+    let store = ReadsAfterThePartnersAreAsked {
+        direct: tributary::services::sources::DirectStore(&app.db),
+        before: partners.iter().map(|p| p.hits()).collect(),
+        partners,
+    };
+    let phb_before = app.sandboxes.health_board.faults.hits();
+    let budget = tributary::services::budget::super_budget(
+        &app.db,
+        &store,
+        &app.registry,
+        &auditor,
+        &person,
+        window,
+    )
+    .await
+    .unwrap();
+    for stream in &budget.streams {
+        assert_eq!(
+            stream.status,
+            tributary::budget::assemble::SourceStatus::Fresh,
+            "{}",
+            stream.id
+        );
+    }
+    assert_eq!(budget.streams.len(), 4);
+    // The health board's snapshot is young, so it is not asked.
+    assert_eq!(app.sandboxes.health_board.faults.hits(), phb_before);
+}

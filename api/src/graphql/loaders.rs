@@ -245,6 +245,8 @@ pub struct Loaders {
     prepared: std::sync::Mutex<Vec<Arc<Bundle>>>,
     /// On a SQLite file: its inline reads and writer.
     sqlite: Option<Arc<crate::sqlite_reads::SqliteReads>>,
+    /// PostgreSQL's readers, and the views' snapshot writer they keep.
+    postgres: Option<Arc<crate::pg_reads::PgReads>>,
 }
 
 impl Loaders {
@@ -264,6 +266,10 @@ impl Loaders {
                 .then(|| batched(Bundles(reader.clone()))),
             prepared: std::sync::Mutex::new(Vec::new()),
             sqlite: reader.sqlite().cloned(),
+            postgres: match reader {
+                Reader::Postgres(reads) => Some(reads.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -357,8 +363,15 @@ impl StoreReader for Loaders {
         db: &sea_orm::DatabaseConnection,
         fetched: &[(&str, &PersonRecords)],
     ) -> ApiResult<Vec<(SourceMeta, Stored)>> {
-        match &self.sqlite {
-            Some(local) => sources::store_snapshots_inline(db, local.writer(), fetched).await,
+        if let Some(local) = &self.sqlite {
+            return sources::store_snapshots_inline(db, local.writer(), fetched).await;
+        }
+        match self
+            .postgres
+            .as_ref()
+            .and_then(|pg| pg.snapshot_writer.as_deref())
+        {
+            Some(writer) => sources::store_view_snapshots(db, writer, fetched).await,
             None => sources::store_snapshots(db, fetched).await,
         }
     }

@@ -63,12 +63,7 @@ pub async fn super_budget(
     let scope = access::budget_scope(db, principal, &person.id).await?;
     let identifiers = person.identifier_pairs();
     let asked: Vec<_> = sources::asked(registry, &identifiers, scope.as_deref()).collect();
-    let subjects: Vec<(String, String)> = asked
-        .iter()
-        .map(|(connector, subject)| (connector.settings().id.0.clone(), subject.key()))
-        .collect();
-    store.prepare(&person.id, &subjects).await?;
-    let streams = sources::gather(db, store, &asked).await?;
+    let streams = sources::gather(db, store, &person.id, &asked).await?;
     // Every item counts against the streams it draws on; `commitments` keeps only the shares
     // on streams the caller may see, so a mixed item still commits its visible share.
     let items = store.plan_items(&person.id).await?;

@@ -93,6 +93,24 @@ pub async fn store_snapshots(
     Ok(out)
 }
 
+/// [`store_snapshots`] for one view's answers on PostgreSQL: in one statement on `writer` (see
+/// `pg_snapshots`) when each (connector, subject) comes once, as in every view; otherwise
+/// through the pool's transaction. Any other store keeps them through the pool.
+pub async fn store_view_snapshots(
+    db: &DatabaseConnection,
+    writer: &impl ConnectionTrait,
+    fetched: &[(&str, &PersonRecords)],
+) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+    if writer.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return store_snapshots(db, fetched).await;
+    }
+    let prepared = prepare(fetched)?;
+    if !crate::pg_snapshots::takes(&prepared) {
+        return store_snapshots(db, fetched).await;
+    }
+    crate::pg_snapshots::store(writer, &prepared, Utc::now()).await
+}
+
 /// [`store_snapshots`] on a SQLite file, inline on `writer`'s connection (see
 /// `sqlite_writes`): the same reads, decisions and statements, with no hand-off to sqlx's
 /// connection thread. The writer does not wait for another process's write lock (it runs on
@@ -148,11 +166,13 @@ pub fn inline_fallbacks() -> u64 {
 }
 
 /// One fetch to store, serialised.
-struct Prepared<'a> {
-    connector: &'a str,
-    records: &'a PersonRecords,
-    json: String,
-    hash: String,
+pub(crate) struct Prepared<'a> {
+    pub(crate) connector: &'a str,
+    pub(crate) records: &'a PersonRecords,
+    /// The records as stored (JSON).
+    pub(crate) json: String,
+    /// Their [`content_hash`].
+    pub(crate) hash: String,
 }
 
 fn prepare<'a>(fetched: &[(&'a str, &'a PersonRecords)]) -> ApiResult<Vec<Prepared<'a>>> {
@@ -556,11 +576,13 @@ enum Asked {
 }
 
 /// One live stream for one person: a young snapshot is served as it is; otherwise the partner
-/// is asked, and if it fails the last snapshot is served STALE.
+/// is asked, and if it fails the last snapshot is served STALE. `early` is the partner's
+/// answer when it was asked before the store was read (see [`gather`]).
 async fn live(
     store: &dyn StoreReader,
     connector: &dyn Connector,
     subject: &Subject,
+    early: Option<Result<PersonRecords, connectors::ConnectorError>>,
 ) -> ApiResult<Asked> {
     let id = connector.settings().id.0.clone();
     let key = subject.key();
@@ -571,7 +593,7 @@ async fn live(
     let young =
         |meta: &SourceMeta| ttl > chrono::Duration::zero() && Utc::now() - meta.fetched_at < ttl;
     let snapshot = match snapshot {
-        Some((records, meta)) if young(&meta) => {
+        Some((records, meta)) if early.is_none() && young(&meta) => {
             return Ok(Asked::Done(with_records(
                 input(connector, SourceStatus::Fresh),
                 records,
@@ -580,7 +602,11 @@ async fn live(
         }
         other => other,
     };
-    match connector.fetch(subject).await {
+    let answer = match early {
+        Some(answer) => answer,
+        None => connector.fetch(subject).await,
+    };
+    match answer {
         Ok(records)
             if let Some((stored, meta)) = snapshot.as_ref().filter(|(_, meta)| {
                 is_older(records.version.as_deref(), meta.version.as_deref())
@@ -710,19 +736,57 @@ pub fn asked<'a>(
         .filter_map(|connector| Some((connector, connector.subject(identifiers)?)))
 }
 
-/// The streams of the connectors `asked` (see [`asked`]), gathered concurrently, in that
-/// order.
+/// Whether a live connector's snapshots are never young (`cache_ttl_secs = 0`), so its partner
+/// is asked on every view whatever the store holds.
+fn always_asked(connector: &dyn Connector) -> bool {
+    connector.shape() == Shape::Live && connector.settings().cache_ttl_secs == 0
+}
+
+/// The streams of the connectors `asked` (see [`asked`]) for `person_id`, gathered
+/// concurrently, in that order.
+///
+/// The store is told first what the view will read (`StoreReader::prepare`: on PostgreSQL, one
+/// round trip for everything), and every stream reads it once that is done. A partner asked
+/// on every view (see [`always_asked`]) is asked at once, while the store is read: nothing the
+/// store holds can spare the call, so its answer does not wait for the read (on PostgreSQL
+/// half a millisecond of every uncached view).
 pub async fn gather(
     db: &DatabaseConnection,
     store: &dyn StoreReader,
+    person_id: &str,
     asked: &[(&std::sync::Arc<dyn Connector>, Subject)],
 ) -> ApiResult<Vec<StreamInput>> {
-    let tasks = asked.iter().map(|(connector, subject)| async move {
-        match connector.shape() {
-            Shape::Live => live(store, connector.as_ref(), subject).await,
-            Shape::Bulk => bulk(store, connector.as_ref(), subject)
-                .await
-                .map(Asked::Done),
+    use futures::FutureExt as _;
+    let subjects: Vec<(String, String)> = asked
+        .iter()
+        .map(|(connector, subject)| (connector.settings().id.0.clone(), subject.key()))
+        .collect();
+    let prepared = async {
+        store
+            .prepare(person_id, &subjects)
+            .await
+            .map_err(std::sync::Arc::new)
+    }
+    .boxed()
+    .shared();
+    let tasks = asked.iter().map(|(connector, subject)| {
+        let prepared = prepared.clone();
+        async move {
+            let early = async {
+                if always_asked(connector.as_ref()) {
+                    Some(connector.fetch(subject).await)
+                } else {
+                    None
+                }
+            };
+            let (ready, early) = futures::join!(prepared, early);
+            ready.map_err(ApiError::unshare)?;
+            match connector.shape() {
+                Shape::Live => live(store, connector.as_ref(), subject, early).await,
+                Shape::Bulk => bulk(store, connector.as_ref(), subject)
+                    .await
+                    .map(Asked::Done),
+            }
         }
     });
     let mut streams = Vec::new();
