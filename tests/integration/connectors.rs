@@ -624,3 +624,57 @@ async fn partners_asked_on_every_view_are_asked_while_the_store_is_read() {
     // The health board's snapshot is young, so it is not asked.
     assert_eq!(app.sandboxes.health_board.faults.hits(), phb_before);
 }
+
+/// An uncached view whose partners answer reads none of their stored snapshots before it
+/// keeps the answers: a stored snapshot that could not even be decoded does not stand in its
+/// way, and is replaced. A stored snapshot newer than the answer (by the partner's version)
+/// still stands, and is what the view serves.
+async fn an_uncached_view_reads_a_snapshot_only_when_it_stands(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        for c in &mut s.connectors {
+            c.cache_ttl_secs = 0;
+        }
+    })
+    .await;
+    let ids = app.register_world().await;
+    let first = app.budget(&ids[0]).await;
+    assert_eq!(status(&first, "la-social-care"), "FRESH");
+    let gross = |b: &Value| stream(b, "la-social-care").unwrap()["gross"]["amount"].clone();
+
+    // A newer council snapshot than the partner will give (every amount with a 1 in front).
+    app.execute(
+        "UPDATE upstream_snapshots SET version = '999999', \
+         records = replace(records, '\"amount\":\"', '\"amount\":\"1') \
+         WHERE connector = 'la-social-care'",
+    )
+    .await;
+    // A health board snapshot nobody can read.
+    app.execute("UPDATE upstream_snapshots SET records = 'not json' WHERE connector = 'phb'")
+        .await;
+
+    let second = app.budget(&ids[0]).await;
+    assert_eq!(status(&second, "phb"), "FRESH", "{backend:?}: {second}");
+    assert_eq!(
+        app.scalar::<i64>("SELECT count(*) FROM upstream_snapshots WHERE records = 'not json'")
+            .await,
+        0,
+        "{backend:?}: the unreadable snapshot was replaced by the answer"
+    );
+    assert_eq!(status(&second, "la-social-care"), "FRESH");
+    assert_ne!(
+        gross(&second),
+        gross(&first),
+        "{backend:?}: the newer snapshot is served"
+    );
+    assert_eq!(
+        app.scalar::<i64>(
+            "SELECT count(*) FROM upstream_snapshots \
+             WHERE connector = 'la-social-care' AND version = '999999'"
+        )
+        .await,
+        1,
+        "{backend:?}: the newer snapshot stands"
+    );
+}
+
+tributary_tests::on_both_backends!(an_uncached_view_reads_a_snapshot_only_when_it_stands);

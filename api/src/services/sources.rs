@@ -576,8 +576,13 @@ enum Asked {
 }
 
 /// One live stream for one person: a young snapshot is served as it is; otherwise the partner
-/// is asked, and if it fails the last snapshot is served STALE. `early` is the partner's
-/// answer when it was asked before the store was read (see [`gather`]).
+/// is asked, and if it fails the last snapshot is served STALE.
+///
+/// `early` is the partner's answer when it was asked before the store was read (see
+/// [`gather`]). Then the snapshot is read only if the partner failed: an answer is kept with
+/// the view's others, and one older than the stored snapshot is found out there (see
+/// [`keep`]). An uncached view whose partners answer so reads none of their snapshots, which
+/// were most of its reads of the store (each a whole record set, never served).
 async fn live(
     store: &dyn StoreReader,
     connector: &dyn Connector,
@@ -586,6 +591,18 @@ async fn live(
 ) -> ApiResult<Asked> {
     let id = connector.settings().id.0.clone();
     let key = subject.key();
+    if let Some(answer) = early {
+        return match answer {
+            Ok(records) => Ok(Asked::Fetched(
+                input(connector, SourceStatus::Fresh),
+                records,
+            )),
+            Err(error) => {
+                let snapshot = store.snapshot(&id, &key).await?;
+                Ok(Asked::Done(unanswered(connector, snapshot, &error)))
+            }
+        };
+    }
     let snapshot = store.snapshot(&id, &key).await?;
     let ttl = chrono::Duration::seconds(
         i64::try_from(connector.settings().cache_ttl_secs).unwrap_or(i64::MAX / 2),
@@ -593,7 +610,7 @@ async fn live(
     let young =
         |meta: &SourceMeta| ttl > chrono::Duration::zero() && Utc::now() - meta.fetched_at < ttl;
     let snapshot = match snapshot {
-        Some((records, meta)) if early.is_none() && young(&meta) => {
+        Some((records, meta)) if young(&meta) => {
             return Ok(Asked::Done(with_records(
                 input(connector, SourceStatus::Fresh),
                 records,
@@ -602,11 +619,7 @@ async fn live(
         }
         other => other,
     };
-    let answer = match early {
-        Some(answer) => answer,
-        None => connector.fetch(subject).await,
-    };
-    match answer {
+    match connector.fetch(subject).await {
         Ok(records)
             if let Some((stored, meta)) = snapshot.as_ref().filter(|(_, meta)| {
                 is_older(records.version.as_deref(), meta.version.as_deref())
@@ -624,23 +637,23 @@ async fn live(
             input(connector, SourceStatus::Fresh),
             records,
         )),
-        Err(error) => {
-            tracing::warn!(stream = %id, error = %error, "partner fetch failed");
-            match snapshot {
-                Some((records, meta)) => {
-                    let mut stream =
-                        with_records(input(connector, SourceStatus::Stale), records, meta);
-                    stream.problem = Some(error.to_string());
-                    Ok(Asked::Done(stream))
-                }
-                None => {
-                    let mut stream = input(connector, SourceStatus::Unavailable);
-                    stream.problem = Some(error.to_string());
-                    Ok(Asked::Done(stream))
-                }
-            }
-        }
+        Err(error) => Ok(Asked::Done(unanswered(connector, snapshot, &error))),
     }
+}
+
+/// A live stream whose partner failed: its last snapshot, STALE, or UNAVAILABLE without one.
+fn unanswered(
+    connector: &dyn Connector,
+    snapshot: Option<(PersonRecords, SourceMeta)>,
+    error: &connectors::ConnectorError,
+) -> StreamInput {
+    tracing::warn!(stream = %connector.settings().id, error = %error, "partner fetch failed");
+    let mut stream = match snapshot {
+        Some((records, meta)) => with_records(input(connector, SourceStatus::Stale), records, meta),
+        None => input(connector, SourceStatus::Unavailable),
+    };
+    stream.problem = Some(error.to_string());
+    stream
 }
 
 /// One bulk stream for one person: read from the loaded extract, never downloaded per query.
@@ -749,7 +762,8 @@ fn always_asked(connector: &dyn Connector) -> bool {
 /// round trip for everything), and every stream reads it once that is done. A partner asked
 /// on every view (see [`always_asked`]) is asked at once, while the store is read: nothing the
 /// store holds can spare the call, so its answer does not wait for the read (on PostgreSQL
-/// half a millisecond of every uncached view).
+/// half a millisecond of every uncached view). Its snapshot is left out of that read, and
+/// read only if it is needed (see [`live`]).
 pub async fn gather(
     db: &DatabaseConnection,
     store: &dyn StoreReader,
@@ -757,8 +771,10 @@ pub async fn gather(
     asked: &[(&std::sync::Arc<dyn Connector>, Subject)],
 ) -> ApiResult<Vec<StreamInput>> {
     use futures::FutureExt as _;
+    // A partner asked at once has its snapshot read only if it fails (see `live`).
     let subjects: Vec<(String, String)> = asked
         .iter()
+        .filter(|(connector, _)| !always_asked(connector.as_ref()))
         .map(|(connector, subject)| (connector.settings().id.0.clone(), subject.key()))
         .collect();
     let prepared = async {
@@ -837,11 +853,20 @@ async fn keep(
             metas
         }
     };
-    Ok(fetched
-        .into_iter()
-        .zip(metas)
-        .map(|((at, stream, records), meta)| (at, with_records(stream, records, meta)))
-        .collect())
+    let mut kept = Vec::with_capacity(fetched.len());
+    for ((at, stream, records), meta) in fetched.into_iter().zip(metas) {
+        // Kept out: the stored snapshot is newer than the answer (its version is the one
+        // served), and it stands.
+        if meta.version != records.version
+            && let Some((stored, stored_meta)) =
+                store.snapshot(&stream.id, &records.subject_key).await?
+        {
+            kept.push((at, with_records(stream, stored, stored_meta)));
+            continue;
+        }
+        kept.push((at, with_records(stream, records, meta)));
+    }
+    Ok(kept)
 }
 
 /// One award as last stored (never asking the partner), with its entitlement in `window`:
