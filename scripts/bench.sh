@@ -16,6 +16,9 @@ fi
 # shellcheck source=scripts/postgres.sh
 source scripts/postgres.sh
 ensure_postgres
+# The tests' leftover databases (each test makes one) would each wake an autovacuum worker
+# once a minute: with dozens, one every second or two, on the cores the benchmark measures.
+drop_old_test_databases
 if command -v npm >/dev/null; then
   if [[ ! -d bench/peer/node_modules ]] || [[ bench/peer/package-lock.json -nt bench/peer/node_modules ]]; then
     (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error)
