@@ -1247,9 +1247,9 @@ async fn snapshots_stored_in_one_batch_keep_the_versioning_rules() {
 /// what each answered is what was stored (PostgreSQL keeps instants to the microsecond).
 #[tokio::test]
 async fn a_views_one_statement_stores_exactly_what_the_transaction_stores() {
-    use entities::{rejected_record, upstream_snapshot};
+    use entities::rejected_record;
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-    use tributary::services::sources::{Stored, content_hash, decode_snapshot};
+    use tributary::services::sources::{Stored, decode_snapshot};
 
     let app = spawn_app(Backend::Postgres).await;
     let (viewed, pooled) = (full_records("NHS:1", "3"), full_records("NHS:2", "3"));
@@ -1263,16 +1263,7 @@ async fn a_views_one_statement_stores_exactly_what_the_transaction_stores() {
     let mut kept = Vec::new();
     for ((meta, stored), records) in [(&by_view[0], &viewed), (&by_pool[0], &pooled)] {
         assert_eq!(*stored, Stored::Changed);
-        let row = upstream_snapshot::Entity::find()
-            .filter(upstream_snapshot::Column::SubjectKey.eq(records.subject_key.clone()))
-            .one(&app.db)
-            .await
-            .unwrap()
-            .expect("the snapshot is stored");
-        assert_eq!(row.connector, "phb");
-        assert_eq!(row.version.as_deref(), Some("3"));
-        assert_eq!(row.records, serde_json::to_string(records).unwrap());
-        assert_eq!(row.content_hash, content_hash(&row.records));
+        let row = stored_snapshot_of(&app.db, records).await;
         assert_eq!(row.content_hash, meta.content_hash);
         assert_eq!(micros(row.fetched_at), micros(meta.fetched_at));
         let (decoded, _) = decode_snapshot(row).unwrap();
@@ -1367,6 +1358,30 @@ async fn postgresql_compares_versions_as_the_hub_does() {
     }
 }
 
+/// The phb snapshot stored for `records`' subject, checked against them: their version (3),
+/// the records as JSON and that JSON's hash.
+async fn stored_snapshot_of(
+    db: &sea_orm::DatabaseConnection,
+    records: &connectors::PersonRecords,
+) -> entities::upstream_snapshot::Model {
+    use entities::upstream_snapshot;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let row = upstream_snapshot::Entity::find()
+        .filter(upstream_snapshot::Column::SubjectKey.eq(records.subject_key.clone()))
+        .one(db)
+        .await
+        .unwrap()
+        .expect("the snapshot is stored");
+    assert_eq!(row.connector, "phb");
+    assert_eq!(row.version.as_deref(), Some("3"));
+    assert_eq!(row.records, serde_json::to_string(records).unwrap());
+    assert_eq!(
+        row.content_hash,
+        tributary::services::sources::content_hash(&row.records)
+    );
+    row
+}
+
 /// Records with every kind of field the snapshot store keeps: an award with lines, a rejected
 /// record naming no subject (it takes the snapshot's), and text that needs escaping.
 fn full_records(key: &str, version: &str) -> connectors::PersonRecords {
@@ -1414,9 +1429,9 @@ fn full_records(key: &str, version: &str) -> connectors::PersonRecords {
 /// text sqlx writes, and what the writer answered is what was stored.
 #[tokio::test]
 async fn sea_orm_reads_back_exactly_what_the_inline_snapshot_writer_wrote() {
-    use entities::{rejected_record, upstream_snapshot};
+    use entities::rejected_record;
     use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement};
-    use tributary::services::sources::{Stored, content_hash, decode_snapshot};
+    use tributary::services::sources::{Stored, decode_snapshot};
 
     let app = spawn_app(Backend::Sqlite).await;
     let local = tributary::sqlite_reads::SqliteReads::open(&app.database_url, Default::default())
@@ -1430,16 +1445,7 @@ async fn sea_orm_reads_back_exactly_what_the_inline_snapshot_writer_wrote() {
         .unwrap();
     for ((meta, stored), records) in [(&by_inline[0], &inline), (&by_pool[0], &pooled)] {
         assert_eq!(*stored, Stored::Changed);
-        let row = upstream_snapshot::Entity::find()
-            .filter(upstream_snapshot::Column::SubjectKey.eq(records.subject_key.clone()))
-            .one(&app.db)
-            .await
-            .unwrap()
-            .expect("the snapshot is stored");
-        assert_eq!(row.connector, "phb");
-        assert_eq!(row.version.as_deref(), Some("3"));
-        assert_eq!(row.records, serde_json::to_string(records).unwrap());
-        assert_eq!(row.content_hash, content_hash(&row.records));
+        let row = stored_snapshot_of(&app.db, records).await;
         assert_eq!(row.fetched_at, meta.fetched_at, "to the nanosecond");
         let (decoded, stored_meta) = decode_snapshot(row).unwrap();
         assert_eq!(&decoded, records);
