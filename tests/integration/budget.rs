@@ -1371,7 +1371,7 @@ async fn stored_snapshot_of(
         .one(db)
         .await
         .unwrap()
-        .expect("the snapshot is stored");
+        .unwrap_or_else(|| panic!("the snapshot is stored"));
     assert_eq!(row.connector, "phb");
     assert_eq!(row.version.as_deref(), Some("3"));
     assert_eq!(row.records, serde_json::to_string(records).unwrap());
