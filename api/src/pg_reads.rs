@@ -39,8 +39,9 @@
 //! The one exception keeps sessions of its own: the statement that stores a view's answers
 //! (`pg_snapshots`) runs on [`PgReads::snapshot_writer`], a few writable sessions kept the same
 //! way and planning the same way. Through the pool, that statement was planned afresh on every
-//! use, and planning was a third of its time; here it keeps a generic plan per session. A
-//! write whose connection was lost is not asked again (it may have been committed).
+//! use, and planning was a third of its time; here it keeps a generic plan per session. Like a
+//! read, it is asked again once on a new session when its connection was lost: it is safe to
+//! ask twice (see `pg_snapshots`).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -120,11 +121,10 @@ pub struct PgReads {
     /// The served path's person reads of concurrent requests, merged (see
     /// `persons::get_served`).
     pub(crate) people: Coalesce<String, HashMap<String, PersonRecord>>,
-    /// Whether these sessions write (the views' snapshot writer's): then a statement whose
-    /// connection was lost is not asked again, since it may have been committed.
-    writes: bool,
     /// Sessions of their own, planning as the readers' do, for the one statement that keeps a
-    /// view's answers (see `pg_snapshots`); `None` on the writer's own sessions.
+    /// view's answers (see `pg_snapshots`); `None` on the writer's own sessions. Only a
+    /// statement that is safe to ask twice may run there: one whose connection was lost is
+    /// asked again, as a read is.
     pub(crate) snapshot_writer: Option<Box<PgReads>>,
 }
 
@@ -168,22 +168,16 @@ impl PgReads {
             .application_name(SNAPSHOT_WRITER_NAME)
             .disable_statement_logging();
         let permits = usize::try_from(max_connections.max(1)).unwrap_or(1);
-        let mut reads = Self::sessions(options, permits, queries.clone(), false);
+        let mut reads = Self::sessions(options, permits, queries.clone());
         reads.snapshot_writer = Some(Box::new(Self::sessions(
             writer,
             permits.min(SNAPSHOT_WRITERS),
             queries,
-            true,
         )));
         Some(reads)
     }
 
-    fn sessions(
-        options: PgConnectOptions,
-        permits: usize,
-        queries: Arc<AtomicU64>,
-        writes: bool,
-    ) -> Self {
+    fn sessions(options: PgConnectOptions, permits: usize, queries: Arc<AtomicU64>) -> Self {
         Self {
             options,
             idle: std::sync::Mutex::new(Vec::new()),
@@ -191,7 +185,6 @@ impl PgReads {
             queries,
             bundles: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
             people: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
-            writes,
             snapshot_writer: None,
         }
     }
@@ -252,9 +245,10 @@ impl PgReads {
         let mut lease = self.lease().await?;
         let rows = match run(values.clone()).fetch_all(&mut lease.connection).await {
             Ok(rows) => rows,
-            // A read changes nothing, so one that lost its connection (the server restarted,
-            // or closed an idle session) is asked again once, on a new connection.
-            Err(e) if !self.writes && connection_lost(&e) => {
+            // A read changes nothing (and the snapshot writer's statement is safe to ask twice),
+            // so one that lost its connection (the server restarted, or closed an idle
+            // session) is asked again once, on a new connection.
+            Err(e) if connection_lost(&e) => {
                 drop(lease);
                 lease = self.lease_new().await?;
                 run(values)

@@ -12,6 +12,12 @@
 //! It takes a view's batch, where each (connector, subject) comes once; a batch naming one
 //! twice (a sync's) goes through the transaction (`sources::store_snapshots`), which writes
 //! it once, as the later answer.
+//!
+//! The statement is safe to ask twice with the same values, so a connection lost before its
+//! answer came is simply asked again (`pg_reads`): if the first run was committed, the second
+//! finds the same answer stored (same version, same hash, the same row ids) and writes the
+//! same again, leaving the rejected records as the first left them; served, it is the same
+//! view either way.
 
 use std::sync::LazyLock;
 

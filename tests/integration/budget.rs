@@ -6,7 +6,7 @@ use std::str::FromStr;
 use rust_decimal::{Decimal, RoundingStrategy};
 use sandboxes::world::Case;
 use serde_json::{Value, json};
-use tributary_tests::{Backend, TestApp, spawn_app, stream, warning_codes};
+use tributary_tests::{Backend, TestApp, spawn_app, spawn_app_with, stream, warning_codes};
 
 fn dec(v: &Value) -> Decimal {
     Decimal::from_str(
@@ -1094,6 +1094,44 @@ async fn a_postgres_reader_whose_session_ended_reads_on_a_new_one() {
     let after = app.budget(&ids[0]).await;
     assert_eq!(after["net"], before["net"]);
     assert_eq!(after["streams"], before["streams"]);
+}
+
+/// The sessions that keep a view's answers on PostgreSQL (`pg_snapshots`) are replaced like the
+/// readers' when the server ends them: the next uncached view still keeps its answers.
+#[tokio::test]
+async fn a_postgres_snapshot_writer_whose_session_ended_keeps_on_a_new_one() {
+    let app = spawn_app_with(Backend::Postgres, |s| {
+        for c in &mut s.connectors {
+            c.cache_ttl_secs = 0;
+        }
+    })
+    .await;
+    let ids = app.register_world().await;
+    let last_kept = || {
+        app.scalar::<String>(
+            "SELECT max(fetched_at)::text FROM upstream_snapshots WHERE connector = 'phb'",
+        )
+    };
+    app.budget(&ids[0]).await;
+    let first = last_kept().await;
+    let ended = app
+        .scalar::<i64>(format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = '{}' AND datname = current_database()",
+            tributary::pg_reads::SNAPSHOT_WRITER_NAME
+        ))
+        .await;
+    assert!(
+        ended >= 1,
+        "the first view kept its answers on the writer's sessions"
+    );
+    let second = app.budget(&ids[0]).await;
+    assert_eq!(second["streams"].as_array().map(Vec::len), Some(4));
+    assert_ne!(
+        last_kept().await,
+        first,
+        "the second view's answers were kept, on a new session"
+    );
 }
 
 /// A first view asks the three live partners at once and keeps their answers in one
