@@ -37,7 +37,8 @@ const OLDER: &str = "(CASE WHEN {a} ~ '^[+-]?[0-9]+$' AND {b} ~ '^[+-]?[0-9]+$' 
           AND {b}::numeric BETWEEN -9223372036854775808 AND 9223372036854775807 \
     THEN {a}::numeric < {b}::numeric ELSE false END ELSE false END)";
 
-fn older(a: &str, b: &str) -> String {
+/// [`OLDER`] for the SQL expressions `a` (the answer's version) and `b` (the stored one).
+pub fn older(a: &str, b: &str) -> String {
     OLDER.replace("{a}", a).replace("{b}", b)
 }
 
@@ -274,9 +275,4 @@ async fn current(db: &impl ConnectionTrait, p: &Prepared<'_>) -> ApiResult<(Sour
             Stored::Unchanged,
         ),
     })
-}
-
-/// The statement's version comparison, for tests that hold it to `sources::is_older`.
-pub fn older_sql(answer: &str, stored: &str) -> String {
-    older(answer, stored)
 }

@@ -52,6 +52,14 @@ impl Reader {
         }
     }
 
+    /// PostgreSQL's readers, when the store is PostgreSQL.
+    pub fn postgres(&self) -> Option<&Arc<PgReads>> {
+        match self {
+            Self::Postgres(reads) => Some(reads),
+            _ => None,
+        }
+    }
+
     /// The inline SQLite reads, when the store is a SQLite file.
     pub fn sqlite(&self) -> Option<&Arc<SqliteReads>> {
         match self {

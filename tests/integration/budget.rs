@@ -1285,8 +1285,6 @@ async fn snapshots_stored_in_one_batch_keep_the_versioning_rules() {
 /// what each answered is what was stored (PostgreSQL keeps instants to the microsecond).
 #[tokio::test]
 async fn a_views_one_statement_stores_exactly_what_the_transaction_stores() {
-    use entities::rejected_record;
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
     use tributary::services::sources::{Stored, decode_snapshot};
 
     let app = spawn_app(Backend::Postgres).await;
@@ -1306,11 +1304,7 @@ async fn a_views_one_statement_stores_exactly_what_the_transaction_stores() {
         assert_eq!(micros(row.fetched_at), micros(meta.fetched_at));
         let (decoded, _) = decode_snapshot(row).unwrap();
         assert_eq!(&decoded, records);
-        let rejected = rejected_record::Entity::find()
-            .filter(rejected_record::Column::SubjectKey.eq(records.subject_key.clone()))
-            .all(&app.db)
-            .await
-            .unwrap();
+        let rejected = rejected_of(&app.db, &records.subject_key).await;
         assert_eq!(rejected.len(), 1);
         let r = &rejected[0];
         assert_eq!(micros(r.fetched_at), micros(meta.fetched_at));
@@ -1337,11 +1331,7 @@ async fn a_views_one_statement_stores_exactly_what_the_transaction_stores() {
         .unwrap();
     assert_eq!(changed[0].1, Stored::Changed);
     assert_eq!(changed[0].0.version.as_deref(), Some("4"));
-    let rejected = rejected_record::Entity::find()
-        .filter(rejected_record::Column::SubjectKey.eq("NHS:1"))
-        .all(&app.db)
-        .await
-        .unwrap();
+    let rejected = rejected_of(&app.db, "NHS:1").await;
     assert_eq!(rejected.len(), 1, "replaced, not added to");
     assert_eq!(
         micros(rejected[0].fetched_at),
@@ -1373,7 +1363,7 @@ async fn postgresql_compares_versions_as_the_hub_does() {
         Some("-9223372036854775809"),
         Some("99999999999999999999999"),
     ];
-    let sql = tributary::pg_snapshots::older_sql("$1::text", "$2::text");
+    let sql = tributary::pg_snapshots::older("$1::text", "$2::text");
     for answer in versions {
         for stored in versions {
             let row = app
@@ -1418,6 +1408,20 @@ async fn stored_snapshot_of(
         tributary::services::sources::content_hash(&row.records)
     );
     row
+}
+
+/// The rejected records kept for `subject_key`.
+async fn rejected_of(
+    db: &sea_orm::DatabaseConnection,
+    subject_key: &str,
+) -> Vec<entities::rejected_record::Model> {
+    use entities::rejected_record;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    rejected_record::Entity::find()
+        .filter(rejected_record::Column::SubjectKey.eq(subject_key))
+        .all(db)
+        .await
+        .unwrap()
 }
 
 /// Records with every kind of field the snapshot store keeps: an award with lines, a rejected
@@ -1467,8 +1471,7 @@ fn full_records(key: &str, version: &str) -> connectors::PersonRecords {
 /// text sqlx writes, and what the writer answered is what was stored.
 #[tokio::test]
 async fn sea_orm_reads_back_exactly_what_the_inline_snapshot_writer_wrote() {
-    use entities::rejected_record;
-    use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement};
+    use sea_orm::{ConnectionTrait, Statement};
     use tributary::services::sources::{Stored, decode_snapshot};
 
     let app = spawn_app(Backend::Sqlite).await;
@@ -1489,11 +1492,7 @@ async fn sea_orm_reads_back_exactly_what_the_inline_snapshot_writer_wrote() {
         assert_eq!(&decoded, records);
         assert_eq!(&stored_meta, meta);
 
-        let rejected = rejected_record::Entity::find()
-            .filter(rejected_record::Column::SubjectKey.eq(records.subject_key.clone()))
-            .all(&app.db)
-            .await
-            .unwrap();
+        let rejected = rejected_of(&app.db, &records.subject_key).await;
         assert_eq!(rejected.len(), 1);
         let r = &rejected[0];
         assert_eq!(r.connector, "phb");

@@ -266,10 +266,7 @@ impl Loaders {
                 .then(|| batched(Bundles(reader.clone()))),
             prepared: std::sync::Mutex::new(Vec::new()),
             sqlite: reader.sqlite().cloned(),
-            postgres: match reader {
-                Reader::Postgres(reads) => Some(reads.clone()),
-                _ => None,
-            },
+            postgres: reader.postgres().cloned(),
         }
     }
 
