@@ -328,7 +328,10 @@ async fn graphql(
         Err(refusal) => return refuse(&refusal, &request_id),
     };
     let role = principal.role;
-    let reads = Arc::new(crate::graphql::ReadLog::default());
+    let reads = Arc::new(crate::graphql::ReadLog::recording(
+        state.reads.clone(),
+        principal.clone(),
+    ));
     let run = async |request: async_graphql::Request, parsed: Option<Arc<limits::Parsed>>| {
         let request = request
             .data(principal.clone())
@@ -358,7 +361,8 @@ async fn graphql(
             out
         }
     };
-    // No personal data leaves without its read in the audit log.
+    // No personal data leaves without its read in the audit log: what was not recorded
+    // already (see `ReadLog::record_now`) is recorded now.
     if let Err(e) = state.reads.record(&principal, reads.take()).await {
         let e = ApiError::internal(anyhow::anyhow!("{e}"), "recording reads in the audit log");
         tracing::error!(request_id = %request_id, error = ?e, "audit write failed; answer withheld");

@@ -602,13 +602,14 @@ async fn partners_asked_on_every_view_are_asked_while_the_store_is_read() {
         partners,
     };
     let phb_before = app.sandboxes.health_board.faults.hits();
-    let budget = tributary::services::budget::super_budget(
+    let (budget, _) = tributary::services::budget::super_budget(
         &app.db,
         &store,
         &app.registry,
         &auditor,
         &person,
         window,
+        None,
     )
     .await
     .unwrap();
@@ -623,6 +624,210 @@ async fn partners_asked_on_every_view_are_asked_while_the_store_is_read() {
     assert_eq!(budget.streams.len(), 4);
     // The health board's snapshot is young, so it is not asked.
     assert_eq!(app.sandboxes.health_board.faults.hits(), phb_before);
+}
+
+/// A store that keeps a view's answers only once the view's read is recorded (or gives up
+/// after ten seconds), and counts the views it kept.
+struct KeepsOnceTheReadIsRecorded<'a> {
+    direct: tributary::services::sources::DirectStore<'a>,
+    recorded: std::sync::Arc<tokio::sync::Notify>,
+    kept_waiting: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl tributary::services::sources::StoreReader for KeepsOnceTheReadIsRecorded<'_> {
+    async fn snapshot(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> tributary::error::ApiResult<
+        Option<(
+            connectors::PersonRecords,
+            tributary::budget::assemble::SourceMeta,
+        )>,
+    > {
+        self.direct.snapshot(connector, subject_key).await
+    }
+    async fn current_extract(
+        &self,
+        connector: &str,
+    ) -> tributary::error::ApiResult<Option<entities::bulk_extract::Model>> {
+        self.direct.current_extract(connector).await
+    }
+    async fn bulk_rows(
+        &self,
+        extract_id: &str,
+        subject_key: &str,
+    ) -> tributary::error::ApiResult<Vec<entities::bulk_record::Model>> {
+        self.direct.bulk_rows(extract_id, subject_key).await
+    }
+    async fn rejected(
+        &self,
+        connector: &str,
+        subject_key: &str,
+    ) -> tributary::error::ApiResult<Vec<entities::rejected_record::Model>> {
+        self.direct.rejected(connector, subject_key).await
+    }
+    async fn plan_items(
+        &self,
+        person_id: &str,
+    ) -> tributary::error::ApiResult<Vec<tributary::services::plan::Item>> {
+        self.direct.plan_items(person_id).await
+    }
+    async fn store_snapshots(
+        &self,
+        db: &sea_orm::DatabaseConnection,
+        fetched: &[(&str, &connectors::PersonRecords)],
+    ) -> tributary::error::ApiResult<
+        Vec<(
+            tributary::budget::assemble::SourceMeta,
+            tributary::services::sources::Stored,
+        )>,
+    > {
+        if tokio::time::timeout(Duration::from_secs(10), self.recorded.notified())
+            .await
+            .is_err()
+        {
+            self.kept_waiting
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.direct.store_snapshots(db, fetched).await
+    }
+}
+
+/// A view whose partners were asked records its read while it keeps their answers, not one
+/// commit after the other; a view served from young snapshots leaves the recording to its
+/// caller, once the view is ready. Both views are whole.
+#[tokio::test]
+async fn a_view_records_its_read_while_it_keeps_the_partners_answers() {
+    use futures::FutureExt as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let auditor = tributary::auth::Principal {
+        sub: "test-auditor".into(),
+        role: tributary::auth::Role::Auditor,
+        acts_for: Vec::new(),
+        agency: None,
+        purpose: Some("checking when reads are recorded".into()),
+        request_id: "overlap-audit".into(),
+    };
+    let person = tributary::services::persons::get(&app.db, &ids[0])
+        .await
+        .unwrap();
+    let window = tributary::budget::period::Window::parse_financial_year("2026-27").unwrap();
+    let store = KeepsOnceTheReadIsRecorded {
+        direct: tributary::services::sources::DirectStore(&app.db),
+        recorded: Default::default(),
+        kept_waiting: Default::default(),
+    };
+    let records = AtomicUsize::new(0);
+    let record = || {
+        async {
+            records.fetch_add(1, Ordering::SeqCst);
+            store.recorded.notify_one();
+            Ok(())
+        }
+        .boxed()
+    };
+    let view = |record| {
+        tributary::services::budget::super_budget(
+            &app.db,
+            &store,
+            &app.registry,
+            &auditor,
+            &person,
+            window,
+            Some(record),
+        )
+    };
+
+    // Nothing stored yet: the live partners are asked, and their answers kept.
+    let (first, recorded) = view(record()).await.unwrap();
+    assert!(
+        recorded,
+        "the read was recorded while the answers were kept"
+    );
+    assert!(
+        !store.kept_waiting.load(Ordering::SeqCst),
+        "keeping waited ten seconds: the read was not recorded while the answers were kept"
+    );
+    assert_eq!(records.load(Ordering::SeqCst), 1);
+    assert_eq!(first.streams.len(), 4);
+    for stream in &first.streams {
+        assert_eq!(
+            stream.status,
+            tributary::budget::assemble::SourceStatus::Fresh,
+            "{}",
+            stream.id
+        );
+    }
+
+    // Young snapshots: nobody is asked, nothing is kept, and the caller records the read.
+    let (second, recorded) = view(record()).await.unwrap();
+    assert!(!recorded);
+    assert_eq!(
+        records.load(Ordering::SeqCst),
+        1,
+        "the recording was left unrun"
+    );
+    assert_eq!(second.streams.len(), 4);
+    assert_eq!(second.gross, first.gross);
+}
+
+/// When the audit log refuses a view's read, recorded while the partners' answers are kept,
+/// nothing of the person leaves: not the budget, and not the fields read before it, whose
+/// reads went unrecorded with it. Once the log takes reads again, so does the view.
+#[tokio::test]
+async fn a_view_whose_read_cannot_be_recorded_answers_nothing() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        for c in &mut s.connectors {
+            c.cache_ttl_secs = 0;
+        }
+    })
+    .await;
+    let ids = app.register_world().await;
+    let query = "query($id: ID!) { person(id: $id) { givenName familyName \
+                 superBudget(financialYear: \"2026-27\") { net { amount } } } }";
+    let token = app.person(&ids[0]);
+    let before = app.count("audit_events").await;
+    app.execute(
+        "CREATE TRIGGER refuse_reads BEFORE INSERT ON audit_events \
+         BEGIN SELECT RAISE(ABORT, 'the log is full'); END",
+    )
+    .await;
+    let refused = app
+        .gql_as(Some(&token), None, query, json!({ "id": ids[0] }))
+        .await;
+    assert_eq!(refused.status, 500, "{}", refused.body);
+    assert!(refused.body["data"].is_null(), "{}", refused.body);
+    let person: Value = app
+        .scalar(format!(
+            "SELECT json_array(given_name, family_name) FROM persons WHERE id = '{}'",
+            ids[0]
+        ))
+        .await;
+    for name in person.as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        assert!(!refused.body.to_string().contains(name), "{}", refused.body);
+    }
+    assert_eq!(app.count("audit_events").await, before);
+
+    app.execute("DROP TRIGGER refuse_reads").await;
+    let served = app
+        .gql_as(Some(&token), None, query, json!({ "id": ids[0] }))
+        .await;
+    assert!(served.data()["person"]["superBudget"]["net"]["amount"].is_string());
+    assert_eq!(
+        app.actions_for(&ids[0])
+            .await
+            .iter()
+            .rev()
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["budget.read", "person.read"]
+    );
 }
 
 /// An uncached view whose partners answer reads none of their stored snapshots before it

@@ -113,36 +113,71 @@ impl<T> GqlResult<T> for ApiResult<T> {
 /// The reads of personal data one request made, written to the audit log before its answer
 /// leaves the server.
 #[derive(Debug, Default)]
-pub struct ReadLog(std::sync::Mutex<Vec<(Option<String>, &'static str)>>);
+pub struct ReadLog {
+    reads: std::sync::Mutex<Vec<(Option<String>, &'static str)>>,
+    /// The audit writer and the caller, for reads recorded before the whole answer is ready
+    /// (see [`ReadLog::record_now`]); none outside the HTTP handler.
+    recorder: Option<(crate::audit::ReadRecorder, Principal)>,
+}
 
 impl ReadLog {
-    /// Takes what was recorded.
+    /// A log whose reads [`ReadLog::record_now`] can record through `recorder` as `actor`.
+    pub fn recording(recorder: crate::audit::ReadRecorder, actor: Principal) -> Self {
+        Self {
+            reads: Default::default(),
+            recorder: Some((recorder, actor)),
+        }
+    }
+
+    /// Takes what was noted and not yet recorded.
     pub fn take(&self) -> Vec<(Option<String>, &'static str)> {
-        std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Option<String>, &'static str)>> {
+        self.reads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records now that this request read `what` of `person_id`'s data, together with every
+    /// read it noted before (so the log keeps their order); returns once they are committed.
+    /// A view whose partners were asked records this way while it keeps their answers,
+    /// rather than one commit after the other (see `sources::gather`). Without a recorder
+    /// the read is only noted, for the handler to record.
+    ///
+    /// When recording fails, the earlier reads are noted again, so the handler still records
+    /// them before anything they read leaves (or withholds the whole answer); `what` is not,
+    /// as the caller then serves none of it.
+    pub async fn record_now(&self, person_id: &str, what: &'static str) -> ApiResult<()> {
+        let read = (Some(person_id.to_owned()), what);
+        let Some((recorder, actor)) = &self.recorder else {
+            self.lock().push(read);
+            return Ok(());
+        };
+        let earlier = self.take();
+        let mut reads = earlier.clone();
+        reads.push(read);
+        let recorded = recorder.record(actor, reads).await;
+        if recorded.is_err() {
+            let mut log = self.lock();
+            let later = std::mem::replace(&mut *log, earlier);
+            log.extend(later);
+        }
+        recorded
     }
 }
 
 /// Notes that this request read `what` of `person_id`'s data.
 pub(crate) fn log_read(ctx: &Context<'_>, person_id: &str, what: &'static str) {
     if let Ok(log) = ctx.data::<std::sync::Arc<ReadLog>>() {
-        log.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((Some(person_id.to_owned()), what));
+        log.lock().push((Some(person_id.to_owned()), what));
     }
 }
 
 /// Notes that this request read the audit log itself (it names people and purposes).
 pub(crate) fn log_audit_read(ctx: &Context<'_>, what: &'static str) {
     if let Ok(log) = ctx.data::<std::sync::Arc<ReadLog>>() {
-        log.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((None, what));
+        log.lock().push((None, what));
     }
 }

@@ -122,9 +122,14 @@ impl Person {
     ) -> async_graphql::Result<SuperBudget> {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
+        let log = ctx.data::<std::sync::Arc<super::ReadLog>>().ok();
         let result = async {
             let window = window(financial_year.as_deref(), from, to)?;
             let loaders = super::loaders(ctx)?;
+            let record = log.map(|log| {
+                use futures::FutureExt as _;
+                log.record_now(&self.0.id, "budget.read").boxed()
+            });
             budget_service::super_budget(
                 &app.db,
                 loaders,
@@ -132,12 +137,15 @@ impl Person {
                 principal,
                 &self.0,
                 window,
+                record,
             )
             .await
         }
         .await;
-        let view = result.gql(principal)?;
-        log_read(ctx, &self.0.id, "budget.read");
+        let (view, recorded) = result.gql(principal)?;
+        if !recorded {
+            log_read(ctx, &self.0.id, "budget.read");
+        }
         Ok(SuperBudget(view, self.0.id.clone()))
     }
 

@@ -51,7 +51,9 @@ pub fn resolve_window(
     Ok(window)
 }
 
-/// The person's combined budget in `window`, as far as `principal` may see it.
+/// The person's combined budget in `window`, as far as `principal` may see it, and whether
+/// `record` recorded the read while partners' answers were kept (see `sources::gather`;
+/// otherwise the caller records it).
 pub async fn super_budget(
     db: &DatabaseConnection,
     store: &dyn StoreReader,
@@ -59,21 +61,18 @@ pub async fn super_budget(
     principal: &Principal,
     person: &PersonRecord,
     window: Window,
-) -> ApiResult<BudgetView> {
+    record: Option<sources::RecordRead<'_>>,
+) -> ApiResult<(BudgetView, bool)> {
     let scope = access::budget_scope(db, principal, &person.id).await?;
     let identifiers = person.identifier_pairs();
     let asked: Vec<_> = sources::asked(registry, &identifiers, scope.as_deref()).collect();
-    let streams = sources::gather(db, store, &person.id, &asked).await?;
+    let (streams, recorded) = sources::gather(db, store, &person.id, &asked, record).await?;
     // Every item counts against the streams it draws on; `commitments` keeps only the shares
     // on streams the caller may see, so a mixed item still commits its visible share.
     let items = store.plan_items(&person.id).await?;
     let commitments = commitments(&items, &window, scope.as_deref());
-    Ok(assemble(
-        window,
-        Utc::now().date_naive(),
-        streams,
-        &commitments,
-    ))
+    let view = assemble(window, Utc::now().date_naive(), streams, &commitments);
+    Ok((view, recorded))
 }
 
 /// Each item's shares in the window, for the streams in scope.
@@ -108,7 +107,16 @@ pub async fn trace_csv(
     person: &PersonRecord,
     window: Window,
 ) -> ApiResult<String> {
-    let view = super_budget(db, &DirectStore(db), registry, principal, person, window).await?;
+    let (view, _) = super_budget(
+        db,
+        &DirectStore(db),
+        registry,
+        principal,
+        person,
+        window,
+        None,
+    )
+    .await?;
     let scope = access::budget_scope(db, principal, &person.id).await?;
     let items = plan::for_people(db, std::slice::from_ref(&person.id))
         .await?

@@ -764,12 +764,21 @@ fn always_asked(connector: &dyn Connector) -> bool {
 /// store holds can spare the call, so its answer does not wait for the read (on PostgreSQL
 /// half a millisecond of every uncached view). Its snapshot is left out of that read, and
 /// read only if it is needed (see [`live`]).
+///
+/// `record` records the view's read in the audit log. When partners were asked, it runs
+/// while their answers are kept: the view is served from then on whatever the keeping does
+/// (a store that cannot keep them degrades only the keeping), so the two commits need not
+/// follow one another (on PostgreSQL each is a round trip and a flush, about half a
+/// millisecond). It is left unpolled otherwise, for the caller to record the read once the
+/// view is ready; the answer says whether it ran. It fails the view when it fails: no data
+/// leaves without its read recorded.
 pub async fn gather(
     db: &DatabaseConnection,
     store: &dyn StoreReader,
     person_id: &str,
     asked: &[(&std::sync::Arc<dyn Connector>, Subject)],
-) -> ApiResult<Vec<StreamInput>> {
+    record: Option<RecordRead<'_>>,
+) -> ApiResult<(Vec<StreamInput>, bool)> {
     use futures::FutureExt as _;
     // A partner asked at once has its snapshot read only if it fails (see `live`).
     let subjects: Vec<(String, String)> = asked
@@ -816,11 +825,22 @@ pub async fn gather(
             }
         }
     }
-    for (at, stream) in keep(db, store, fetched).await? {
+    let (kept, recorded) = match record {
+        Some(record) if !fetched.is_empty() => {
+            let (kept, recorded) = futures::join!(keep(db, store, fetched), record);
+            recorded?;
+            (kept?, true)
+        }
+        _ => (keep(db, store, fetched).await?, false),
+    };
+    for (at, stream) in kept {
         streams[at] = Some(stream);
     }
-    Ok(streams.into_iter().flatten().collect())
+    Ok((streams.into_iter().flatten().collect(), recorded))
 }
+
+/// Records a view's read in the audit log (see [`gather`]).
+pub type RecordRead<'a> = futures::future::BoxFuture<'a, ApiResult<()>>;
 
 /// Stores a view's good answers as snapshots in one transaction (one write turn, one commit,
 /// not one for each partner) and completes their streams. The partners answered: a store that
