@@ -6,7 +6,7 @@ use std::str::FromStr;
 use rust_decimal::{Decimal, RoundingStrategy};
 use sandboxes::world::Case;
 use serde_json::{Value, json};
-use tributary_tests::{Backend, TestApp, spawn_app, spawn_app_with, stream, warning_codes};
+use tributary_tests::{Backend, TestApp, spawn_app, spawn_uncached_app, stream, warning_codes};
 
 fn dec(v: &Value) -> Decimal {
     Decimal::from_str(
@@ -1100,12 +1100,7 @@ async fn a_postgres_reader_whose_session_ended_reads_on_a_new_one() {
 /// readers' when the server ends them: the next uncached view still keeps its answers.
 #[tokio::test]
 async fn a_postgres_snapshot_writer_whose_session_ended_keeps_on_a_new_one() {
-    let app = spawn_app_with(Backend::Postgres, |s| {
-        for c in &mut s.connectors {
-            c.cache_ttl_secs = 0;
-        }
-    })
-    .await;
+    let app = spawn_uncached_app(Backend::Postgres).await;
     let ids = app.register_world().await;
     let last_kept = || {
         app.scalar::<String>(

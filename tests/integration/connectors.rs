@@ -7,7 +7,9 @@ use sandboxes::Fault;
 use sandboxes::world::Case;
 use serde_json::{Value, json};
 use tributary::services::bulk::ExtractOutcome;
-use tributary_tests::{Backend, TestApp, spawn_app, spawn_app_with, stream, warning_codes};
+use tributary_tests::{
+    Backend, TestApp, spawn_app, spawn_app_with, spawn_uncached_app, stream, warning_codes,
+};
 
 /// Live partners asked on every view, never tripping the breaker; the one under test fails
 /// fast, the others keep a generous timeout so a busy machine cannot make them look faulty.
@@ -492,17 +494,58 @@ async fn sync_twice_reports_everything_unchanged_the_second_time() {
     );
 }
 
-/// The store as `DirectStore` reads it, except that telling it what a view will read waits
-/// until every live partner has been asked: a view that asked its partners only after the
-/// read would wait here for good (ended by the test's deadline).
-struct ReadsAfterThePartnersAreAsked<'a> {
+/// What a view asked of the budget service directly needs: an auditor asking for `purpose`,
+/// the person `id`, and the financial year 2026-27.
+async fn direct_view(
+    app: &TestApp,
+    id: &str,
+    purpose: &str,
+) -> (
+    tributary::auth::Principal,
+    tributary::services::persons::PersonRecord,
+    tributary::budget::period::Window,
+) {
+    let auditor = tributary::auth::Principal {
+        sub: "test-auditor".into(),
+        role: tributary::auth::Role::Auditor,
+        acts_for: Vec::new(),
+        agency: None,
+        purpose: Some(purpose.into()),
+        request_id: "direct-view".into(),
+    };
+    let person = tributary::services::persons::get(&app.db, id)
+        .await
+        .unwrap();
+    let window = tributary::budget::period::Window::parse_financial_year("2026-27").unwrap();
+    (auditor, person, window)
+}
+
+/// The store as `DirectStore` reads it, except that it waits (until a deadline of ten seconds)
+/// before two steps of a view: telling it what the view will read waits until every partner in
+/// `partners` has been asked, and keeping the view's answers waits until `recorded` is
+/// notified (when given; `kept_waiting` then says whether the deadline passed).
+struct WaitingStore<'a> {
     direct: tributary::services::sources::DirectStore<'a>,
     partners: Vec<&'a sandboxes::Faults>,
     before: Vec<u64>,
+    recorded: Option<tokio::sync::Notify>,
+    kept_waiting: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> WaitingStore<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Self {
+            direct: tributary::services::sources::DirectStore(&app.db),
+            partners: Vec::new(),
+            before: Vec::new(),
+            recorded: None,
+            kept_waiting: Default::default(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
-impl tributary::services::sources::StoreReader for ReadsAfterThePartnersAreAsked<'_> {
+impl tributary::services::sources::StoreReader for WaitingStore<'_> {
     async fn prepare(
         &self,
         _person_id: &str,
@@ -523,6 +566,26 @@ impl tributary::services::sources::StoreReader for ReadsAfterThePartnersAreAsked
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
+    }
+    async fn store_snapshots(
+        &self,
+        db: &sea_orm::DatabaseConnection,
+        fetched: &[(&str, &connectors::PersonRecords)],
+    ) -> tributary::error::ApiResult<
+        Vec<(
+            tributary::budget::assemble::SourceMeta,
+            tributary::services::sources::Stored,
+        )>,
+    > {
+        if let Some(recorded) = &self.recorded
+            && tokio::time::timeout(Duration::from_secs(10), recorded.notified())
+                .await
+                .is_err()
+        {
+            self.kept_waiting
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.direct.store_snapshots(db, fetched).await
     }
     async fn snapshot(
         &self,
@@ -578,28 +641,18 @@ async fn partners_asked_on_every_view_are_asked_while_the_store_is_read() {
     })
     .await;
     let ids = app.register_world().await;
-    let auditor = tributary::auth::Principal {
-        sub: "test-auditor".into(),
-        role: tributary::auth::Role::Auditor,
-        acts_for: Vec::new(),
-        agency: None,
-        purpose: Some("checking when partners are asked".into()),
-        request_id: "overlap".into(),
-    };
-    let person = tributary::services::persons::get(&app.db, &ids[0])
-        .await
-        .unwrap();
-    let window = tributary::budget::period::Window::parse_financial_year("2026-27").unwrap();
+    let (auditor, person, window) =
+        direct_view(&app, &ids[0], "checking when partners are asked").await;
     // A first view stores the health board's snapshot, young from then on.
     app.budget(&ids[0]).await;
     let partners: Vec<&sandboxes::Faults> = vec![
         &app.sandboxes.council.faults,
         &app.sandboxes.access_to_work.faults,
     ];
-    let store = ReadsAfterThePartnersAreAsked {
-        direct: tributary::services::sources::DirectStore(&app.db),
+    let store = WaitingStore {
         before: partners.iter().map(|p| p.hits()).collect(),
         partners,
+        ..WaitingStore::new(&app)
     };
     let phb_before = app.sandboxes.health_board.faults.hits();
     let (budget, _) = tributary::services::budget::super_budget(
@@ -626,75 +679,6 @@ async fn partners_asked_on_every_view_are_asked_while_the_store_is_read() {
     assert_eq!(app.sandboxes.health_board.faults.hits(), phb_before);
 }
 
-/// A store that keeps a view's answers only once the view's read is recorded (or gives up
-/// after ten seconds), and counts the views it kept.
-struct KeepsOnceTheReadIsRecorded<'a> {
-    direct: tributary::services::sources::DirectStore<'a>,
-    recorded: std::sync::Arc<tokio::sync::Notify>,
-    kept_waiting: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl tributary::services::sources::StoreReader for KeepsOnceTheReadIsRecorded<'_> {
-    async fn snapshot(
-        &self,
-        connector: &str,
-        subject_key: &str,
-    ) -> tributary::error::ApiResult<
-        Option<(
-            connectors::PersonRecords,
-            tributary::budget::assemble::SourceMeta,
-        )>,
-    > {
-        self.direct.snapshot(connector, subject_key).await
-    }
-    async fn current_extract(
-        &self,
-        connector: &str,
-    ) -> tributary::error::ApiResult<Option<entities::bulk_extract::Model>> {
-        self.direct.current_extract(connector).await
-    }
-    async fn bulk_rows(
-        &self,
-        extract_id: &str,
-        subject_key: &str,
-    ) -> tributary::error::ApiResult<Vec<entities::bulk_record::Model>> {
-        self.direct.bulk_rows(extract_id, subject_key).await
-    }
-    async fn rejected(
-        &self,
-        connector: &str,
-        subject_key: &str,
-    ) -> tributary::error::ApiResult<Vec<entities::rejected_record::Model>> {
-        self.direct.rejected(connector, subject_key).await
-    }
-    async fn plan_items(
-        &self,
-        person_id: &str,
-    ) -> tributary::error::ApiResult<Vec<tributary::services::plan::Item>> {
-        self.direct.plan_items(person_id).await
-    }
-    async fn store_snapshots(
-        &self,
-        db: &sea_orm::DatabaseConnection,
-        fetched: &[(&str, &connectors::PersonRecords)],
-    ) -> tributary::error::ApiResult<
-        Vec<(
-            tributary::budget::assemble::SourceMeta,
-            tributary::services::sources::Stored,
-        )>,
-    > {
-        if tokio::time::timeout(Duration::from_secs(10), self.recorded.notified())
-            .await
-            .is_err()
-        {
-            self.kept_waiting
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-        self.direct.store_snapshots(db, fetched).await
-    }
-}
-
 /// A view whose partners were asked records its read while it keeps their answers, not one
 /// commit after the other; a view served from young snapshots leaves the recording to its
 /// caller, once the view is ready. Both views are whole.
@@ -705,28 +689,19 @@ async fn a_view_records_its_read_while_it_keeps_the_partners_answers() {
 
     let app = spawn_app(Backend::Sqlite).await;
     let ids = app.register_world().await;
-    let auditor = tributary::auth::Principal {
-        sub: "test-auditor".into(),
-        role: tributary::auth::Role::Auditor,
-        acts_for: Vec::new(),
-        agency: None,
-        purpose: Some("checking when reads are recorded".into()),
-        request_id: "overlap-audit".into(),
-    };
-    let person = tributary::services::persons::get(&app.db, &ids[0])
-        .await
-        .unwrap();
-    let window = tributary::budget::period::Window::parse_financial_year("2026-27").unwrap();
-    let store = KeepsOnceTheReadIsRecorded {
-        direct: tributary::services::sources::DirectStore(&app.db),
-        recorded: Default::default(),
-        kept_waiting: Default::default(),
+    let (auditor, person, window) =
+        direct_view(&app, &ids[0], "checking when reads are recorded").await;
+    let store = WaitingStore {
+        recorded: Some(Default::default()),
+        ..WaitingStore::new(&app)
     };
     let records = AtomicUsize::new(0);
     let record = || {
         async {
             records.fetch_add(1, Ordering::SeqCst);
-            store.recorded.notify_one();
+            if let Some(recorded) = &store.recorded {
+                recorded.notify_one();
+            }
             Ok(())
         }
         .boxed()
@@ -781,12 +756,7 @@ async fn a_view_records_its_read_while_it_keeps_the_partners_answers() {
 /// reads went unrecorded with it. Once the log takes reads again, so does the view.
 #[tokio::test]
 async fn a_view_whose_read_cannot_be_recorded_answers_nothing() {
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        for c in &mut s.connectors {
-            c.cache_ttl_secs = 0;
-        }
-    })
-    .await;
+    let app = spawn_uncached_app(Backend::Sqlite).await;
     let ids = app.register_world().await;
     let query = "query($id: ID!) { person(id: $id) { givenName familyName \
                  superBudget(financialYear: \"2026-27\") { net { amount } } } }";
@@ -835,12 +805,7 @@ async fn a_view_whose_read_cannot_be_recorded_answers_nothing() {
 /// way, and is replaced. A stored snapshot newer than the answer (by the partner's version)
 /// still stands, and is what the view serves.
 async fn an_uncached_view_reads_a_snapshot_only_when_it_stands(backend: Backend) {
-    let app = spawn_app_with(backend, |s| {
-        for c in &mut s.connectors {
-            c.cache_ttl_secs = 0;
-        }
-    })
-    .await;
+    let app = spawn_uncached_app(backend).await;
     let ids = app.register_world().await;
     let first = app.budget(&ids[0]).await;
     assert_eq!(status(&first, "la-social-care"), "FRESH");

@@ -128,6 +128,16 @@ pub async fn fresh_database(backend: Backend, dir: &tempfile::TempDir) -> String
     }
 }
 
+/// As [`spawn_app`], with every partner asked on every view (`cache_ttl_secs = 0`).
+pub async fn spawn_uncached_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |s| {
+        for c in &mut s.connectors {
+            c.cache_ttl_secs = 0;
+        }
+    })
+    .await
+}
+
 /// Starts the real server on a free port over a fresh, migrated database.
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
