@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use connectors::PersonRecords;
 use entities::{
-    bulk_extract, bulk_record, funding_share, plan_item, rejected_record, upstream_snapshot,
+    bulk_extract, bulk_record, funding_share, person, person_identifier, plan_item,
+    rejected_record, upstream_snapshot,
 };
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
@@ -27,6 +28,7 @@ use crate::budget::assemble::SourceMeta;
 use crate::coalesce::Answer;
 use crate::error::{ApiError, ApiResult};
 use crate::pg_reads::PgReads;
+use crate::services::persons::PersonRecord;
 use crate::services::plan::{self, Item};
 use crate::services::sources::decode_snapshot;
 
@@ -36,13 +38,18 @@ use crate::services::sources::decode_snapshot;
 /// Each table is read by index, one lookup per pair or person (`LATERAL`, kept apart by
 /// `OFFSET 0` so the planner cannot merge it into a join): the planner cannot see how many
 /// pairs a JSON parameter holds, guesses 100, and with that guess chose to scan whole tables.
-const SQL: &str = r#"
+const BUNDLE_CTES: &str = r#"
 WITH want AS (
     SELECT DISTINCT w.connector, w.subject_key
     FROM json_to_recordset($1::json) AS w(connector text, subject_key text)
 ), people AS (
     SELECT DISTINCT p.id FROM json_array_elements_text($2::json) AS p(id)
-), extracts AS (
+), "#;
+
+/// What both statements read once `want` (the pairs) and `people` (the person ids) are known,
+/// and the columns they answer with; `{extra}` is where a statement adds columns of its own.
+const VIEWS: &str = r#"
+extracts AS (
     SELECT e.* FROM bulk_extracts e
     WHERE e.current AND e.connector IN (SELECT connector FROM want)
 ), items AS (
@@ -50,7 +57,7 @@ WITH want AS (
         SELECT * FROM plan_items i WHERE i.person_id = p.id OFFSET 0
     ) i
 )
-SELECT
+SELECT {extra}
     (SELECT coalesce(json_agg(s), '[]') FROM want w CROSS JOIN LATERAL (
         SELECT * FROM upstream_snapshots s
         WHERE s.connector = w.connector AND s.subject_key = w.subject_key OFFSET 0
@@ -72,6 +79,43 @@ SELECT
         SELECT * FROM funding_shares f WHERE f.plan_item_id = i.id OFFSET 0
     ) f)::text AS shares
 "#;
+
+/// The views' statement for pairs and people given.
+static BUNDLE_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{BUNDLE_CTES}{}", VIEWS.replace("{extra}", "")));
+
+/// People by hub id with their identifiers, and everything their views can ask, in one
+/// statement (see [`read_people_views`]). `$1`: the person ids, as a JSON array of strings;
+/// `$2`: every connector's lookup schemes, as a JSON array of `{"connector", "scheme"}`.
+///
+/// The pairs are derived here from the people's identifiers: each connector paired with the
+/// subject key (`SCHEME:value`) of every identifier the person holds in one of its schemes.
+/// A connector asks about the first of those in its own order (`Connector::subject`), so the
+/// pairs are a superset of what the views ask, and each is read by index like the rest.
+pub static PEOPLE_VIEWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        r#"
+WITH people AS (
+    SELECT p.* FROM (
+        SELECT DISTINCT w.id FROM json_array_elements_text($1::json) AS w(id)
+    ) w CROSS JOIN LATERAL (SELECT * FROM persons p WHERE p.id = w.id OFFSET 0) p
+), identifiers AS (
+    SELECT i.* FROM people p CROSS JOIN LATERAL (
+        SELECT * FROM person_identifiers i WHERE i.person_id = p.id OFFSET 0
+    ) i
+), want AS (
+    SELECT DISTINCT l.connector, i.scheme || ':' || i.value AS subject_key
+    FROM identifiers i
+    JOIN json_to_recordset($2::json) AS l(connector text, scheme text) ON l.scheme = i.scheme
+), {}"#,
+        VIEWS.replace(
+            "{extra}",
+            "(SELECT coalesce(json_agg(p), '[]') FROM people p)::text AS persons,
+    (SELECT coalesce(json_agg(i), '[]') FROM identifiers i)::text AS identifiers,
+    (SELECT coalesce(json_agg(w), '[]') FROM want w)::text AS pairs,",
+        )
+    )
+});
 
 /// Everything the views of one page can ask the store, read at once.
 #[derive(Debug, Default)]
@@ -140,7 +184,7 @@ pub async fn read(
         .collect();
     let statement = Statement::from_sql_and_values(
         DbBackend::Postgres,
-        SQL,
+        BUNDLE_SQL.as_str(),
         [
             serde_json::Value::Array(want).to_string().into(),
             serde_json::json!(people).to_string().into(),
@@ -150,26 +194,33 @@ pub async fn read(
         .query_one_raw(statement)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the view's read returned no row")))?;
-    let mut bundle = Bundle {
-        pairs: pairs.iter().cloned().collect(),
-        people: people.iter().cloned().collect(),
-        ..Bundle::default()
-    };
-    for snapshot in column::<upstream_snapshot::Model>(&row, "snapshots")? {
+    fill(
+        Bundle {
+            pairs: pairs.iter().cloned().collect(),
+            people: people.iter().cloned().collect(),
+            ..Bundle::default()
+        },
+        &row,
+    )
+}
+
+/// `bundle` (its pairs and people set) with the rows `row` answered for them.
+fn fill(mut bundle: Bundle, row: &sea_orm::QueryResult) -> ApiResult<Bundle> {
+    for snapshot in column::<upstream_snapshot::Model>(row, "snapshots")? {
         let key = (snapshot.connector.clone(), snapshot.subject_key.clone());
         bundle.snapshots.insert(key, decode_snapshot(snapshot)?);
     }
-    for extract in column::<bulk_extract::Model>(&row, "extracts")? {
+    for extract in column::<bulk_extract::Model>(row, "extracts")? {
         bundle.extracts.insert(extract.connector.clone(), extract);
     }
-    for record in column::<bulk_record::Model>(&row, "bulk_rows")? {
+    for record in column::<bulk_record::Model>(row, "bulk_rows")? {
         bundle
             .bulk_rows
             .entry((record.extract_id.clone(), record.subject_key.clone()))
             .or_default()
             .push(record);
     }
-    for rejected in column::<rejected_record::Model>(&row, "rejected")? {
+    for rejected in column::<rejected_record::Model>(row, "rejected")? {
         if let Some(subject) = rejected.subject_key.clone() {
             bundle
                 .rejected
@@ -178,13 +229,99 @@ pub async fn read(
                 .push(rejected);
         }
     }
-    let items = column::<plan_item::Model>(&row, "items")?;
-    let shares = column::<funding_share::Model>(&row, "shares")?;
+    let items = column::<plan_item::Model>(row, "items")?;
+    let shares = column::<funding_share::Model>(row, "shares")?;
     bundle.plan_items = plan::group_by_person(items, shares)?;
     Ok(bundle)
 }
 
+/// The lookup schemes of every connector whose snapshots a view reads before it asks, as
+/// [`PEOPLE_VIEWS_SQL`] takes them: (connector id, scheme), in no particular order. A partner
+/// asked on every view has its snapshot read only if it fails (see `sources::gather`).
+pub fn lookups(registry: &connectors::Registry) -> Vec<(String, &'static str)> {
+    registry
+        .all()
+        .filter(|c| !crate::services::sources::always_asked(c.as_ref()))
+        .flat_map(|c| {
+            let id = c.settings().id.as_str().to_owned();
+            c.schemes()
+                .into_iter()
+                .map(move |s| (id.clone(), s.as_str()))
+        })
+        .collect()
+}
+
+/// People found among `ids` and their views' rows: what [`read_people_views`] answers.
+#[derive(Debug)]
+pub struct PeopleViews {
+    /// The people found, by hub id.
+    pub people: HashMap<String, PersonRecord>,
+    /// Everything their views can ask (see [`PEOPLE_VIEWS_SQL`]); `None` when a row of it
+    /// could not be used.
+    pub bundle: Option<Arc<Bundle>>,
+}
+
+/// People by hub id with their identifiers, and everything their views can ask about
+/// (`lookups`: see [`lookups`]), in one statement: a served budget's person read and its
+/// views' read in one round trip, where they were two, one after the other.
+pub async fn read_people_views(
+    db: &impl ConnectionTrait,
+    ids: &[String],
+    lookups: &[(String, &'static str)],
+) -> ApiResult<PeopleViews> {
+    let lookups: Vec<serde_json::Value> = lookups
+        .iter()
+        .map(|(connector, scheme)| serde_json::json!({ "connector": connector, "scheme": scheme }))
+        .collect();
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        PEOPLE_VIEWS_SQL.as_str(),
+        [
+            serde_json::json!(ids).to_string().into(),
+            serde_json::Value::Array(lookups).to_string().into(),
+        ],
+    );
+    let row = db
+        .query_one_raw(statement)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the people's read returned no row")))?;
+    let rows = column::<person::Model>(&row, "persons")?;
+    let identifiers = column::<person_identifier::Model>(&row, "identifiers")?;
+    #[derive(serde::Deserialize)]
+    struct Pair {
+        connector: String,
+        subject_key: String,
+    }
+    let pairs = column::<Pair>(&row, "pairs")?
+        .into_iter()
+        .map(|p| (p.connector, p.subject_key))
+        .collect();
+    // Rows a view cannot use (a stored snapshot that does not decode) leave the views to read
+    // for themselves, which report the fault on the budget, as they would have without this.
+    let bundle = fill(
+        Bundle {
+            pairs,
+            people: rows.iter().map(|p| p.id.clone()).collect(),
+            ..Bundle::default()
+        },
+        &row,
+    )
+    .inspect_err(|e| tracing::warn!(error = %e, "a view's rows read with its person are unusable"))
+    .ok()
+    .map(Arc::new);
+    Ok(PeopleViews {
+        people: crate::services::persons::records(rows, identifiers)?,
+        bundle,
+    })
+}
+
 impl Bundle {
+    /// Whether this bundle was asked about the person and every one of `pairs`, so a view of
+    /// theirs asking about those pairs needs no read of its own.
+    pub fn covers(&self, person_id: &str, pairs: &[(String, String)]) -> bool {
+        self.people.contains(person_id) && pairs.iter().all(|p| self.pairs.contains(p))
+    }
+
     /// The stored snapshot, if this bundle was asked about the pair.
     pub fn snapshot(
         &self,

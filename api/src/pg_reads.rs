@@ -17,8 +17,9 @@
 //! they grow; after a bulk write `db::refresh_statistics` analyzes the tables it filled, which
 //! makes PostgreSQL plan the readers' statements again.
 //!
-//! The served path's two reads, the person (`persons::get_served`) and their views' bundle
-//! (`pg_bundle::read_shared`), are also merged across concurrent requests (`coalesce`): at
+//! The served path's reads, the person (`persons::get_served`), their views' bundle
+//! (`pg_bundle::read_shared`), and both at once for a query of one person's budget
+//! (`persons::get_served_with_views`), are also merged across concurrent requests (`coalesce`): at
 //! most [`MERGED_READS`] of each kind run at once, and the requests that arrive meanwhile are
 //! answered together by the next statement. A statement's fixed cost on the server (the round
 //! trip, a backend's wake-up, the executor's start) had become most of PostgreSQL's share of
@@ -121,6 +122,9 @@ pub struct PgReads {
     /// The served path's person reads of concurrent requests, merged (see
     /// `persons::get_served`).
     pub(crate) people: Coalesce<String, HashMap<String, PersonRecord>>,
+    /// The served path's person reads for a budget, with their views' reads, of concurrent
+    /// requests, merged (see `persons::get_served_with_views`).
+    pub(crate) person_views: Coalesce<String, crate::pg_bundle::PeopleViews>,
     /// Sessions of their own, planning as the readers' do, for the one statement that keeps a
     /// view's answers (see `pg_snapshots`); `None` on the writer's own sessions. Only a
     /// statement that is safe to ask twice may run there: one whose connection was lost is
@@ -185,6 +189,7 @@ impl PgReads {
             queries,
             bundles: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
             people: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
+            person_views: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
             snapshot_writer: None,
         }
     }

@@ -1,7 +1,7 @@
 //! An identifier a fund knows a person by, with who linked it and when.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
 #[sea_orm(table_name = "person_identifiers")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

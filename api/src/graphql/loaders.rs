@@ -270,6 +270,15 @@ impl Loaders {
         }
     }
 
+    /// Keeps a bundle read with the request's person (see `persons::get_served_with_views`):
+    /// a view it covers then reads nothing more before it asks.
+    pub fn adopt(&self, bundle: Arc<Bundle>) {
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(bundle);
+    }
+
     /// The first answer a prepared bundle has for a read.
     fn prepared<T>(&self, answer: impl Fn(&Bundle) -> Option<T>) -> Option<T> {
         self.prepared
@@ -286,6 +295,12 @@ impl StoreReader for Loaders {
         let Some(bundles) = &self.bundles else {
             return Ok(());
         };
+        if self
+            .prepared(|b| b.covers(person_id, subjects).then_some(()))
+            .is_some()
+        {
+            return Ok(());
+        }
         let bundle = bundles
             .load_one((person_id.to_owned(), subjects.to_vec()))
             .await

@@ -296,14 +296,36 @@ async fn read_person(
     service::get_served(&app.reader, id).await
 }
 
+/// As [`read_person`] for a query that also asks for the person's budget: on PostgreSQL the
+/// budget's store reads come with the person's, and the request's loaders keep them.
+async fn read_person_for_budget(
+    ctx: &Context<'_>,
+    app: &super::AppContext,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<PersonRecord> {
+    access::can_read_person(&app.db, principal, id)
+        .await
+        .map_err(|e| hide_existence(principal, e))?;
+    let (person, bundle) = service::get_served_with_views(&app.reader, &app.registry, id).await?;
+    if let Some(bundle) = bundle {
+        super::loaders(ctx)?.adopt(bundle);
+    }
+    Ok(person)
+}
+
 #[Object]
 impl PersonsQuery {
     /// A person by hub id.
     async fn person(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Person>> {
         let principal = principal(ctx)?;
-        let person = read_person(app(ctx)?, principal, &id)
-            .await
-            .gql(principal)?;
+        let app = app(ctx)?;
+        let person = if ctx.look_ahead().field("superBudget").exists() {
+            read_person_for_budget(ctx, app, principal, &id).await
+        } else {
+            read_person(app, principal, &id).await
+        };
+        let person = person.gql(principal)?;
         log_read(ctx, &person.id, "person.read");
         Ok(Some(Person(person)))
     }

@@ -1,6 +1,7 @@
 //! The person registry: one hub person carrying the identifiers each fund knows them by.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use connectors::IdentifierScheme;
@@ -495,14 +496,36 @@ pub async fn load_many(
             [ids.into()],
         ))
         .await?;
-    let mut found: HashMap<String, (person::Model, Vec<person_identifier::Model>)> = HashMap::new();
+    let mut people = Vec::new();
+    let mut identifiers = Vec::new();
     for row in &rows {
         let person = person::Model::from_query_result(row, "A_")?;
-        let identifier = person_identifier::Model::from_query_result_optional(row, "B_")?;
-        let entry = found
-            .entry(person.id.clone())
-            .or_insert_with(|| (person, Vec::new()));
-        entry.1.extend(identifier);
+        identifiers.extend(person_identifier::Model::from_query_result_optional(
+            row, "B_",
+        )?);
+        if people
+            .last()
+            .is_none_or(|p: &person::Model| p.id != person.id)
+        {
+            people.push(person);
+        }
+    }
+    records(people, identifiers)
+}
+
+/// People's records from their rows and their identifiers' rows, by hub id.
+pub(crate) fn records(
+    people: Vec<person::Model>,
+    identifiers: Vec<person_identifier::Model>,
+) -> ApiResult<HashMap<String, PersonRecord>> {
+    let mut found: HashMap<String, (person::Model, Vec<person_identifier::Model>)> = people
+        .into_iter()
+        .map(|p| (p.id.clone(), (p, Vec::new())))
+        .collect();
+    for identifier in identifiers {
+        if let Some(entry) = found.get_mut(&identifier.person_id) {
+            entry.1.push(identifier);
+        }
     }
     let mut people = HashMap::with_capacity(found.len());
     for (id, (row, identifiers)) in found {
@@ -546,6 +569,38 @@ pub async fn get_served(reader: &crate::reader::Reader, id: &str) -> ApiResult<P
     let id = parse_person_id(id)?;
     let (row, identifiers) = local.person(&id)?.ok_or_else(|| no_person(&id))?;
     with_identifiers(row, identifiers)
+}
+
+/// As [`get_served`], for a request that will show the person's budget: on PostgreSQL the
+/// person is read with everything their budget's views can ask the store, in one statement
+/// merged with other requests' (see `pg_bundle::read_people_views`), and that read is also
+/// returned, for the request's loaders to answer the views from. Elsewhere it is
+/// [`get_served`] and no read is returned.
+pub async fn get_served_with_views(
+    reader: &crate::reader::Reader,
+    registry: &connectors::Registry,
+    id: &str,
+) -> ApiResult<(PersonRecord, Option<Arc<crate::pg_bundle::Bundle>>)> {
+    let crate::reader::Reader::Postgres(reads) = reader else {
+        return Ok((get_served(reader, id).await?, None));
+    };
+    let id = parse_person_id(id)?;
+    let on = reads.clone();
+    let lookups = Arc::new(crate::pg_bundle::lookups(registry));
+    let found = reads
+        .person_views
+        .read(id.clone(), move |ids: Vec<String>| {
+            let (on, lookups) = (on.clone(), lookups.clone());
+            async move { crate::pg_bundle::read_people_views(&*on, &ids, &lookups).await }
+        })
+        .await
+        .map_err(ApiError::unshare)?;
+    let person = found
+        .people
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| no_person(&id))?;
+    Ok((person, found.bundle.clone()))
 }
 
 /// The hub person id holding an identifier; NOT_FOUND when nobody does.

@@ -751,7 +751,7 @@ pub fn asked<'a>(
 
 /// Whether a live connector's snapshots are never young (`cache_ttl_secs = 0`), so its partner
 /// is asked on every view whatever the store holds.
-fn always_asked(connector: &dyn Connector) -> bool {
+pub(crate) fn always_asked(connector: &dyn Connector) -> bool {
     connector.shape() == Shape::Live && connector.settings().cache_ttl_secs == 0
 }
 
