@@ -285,31 +285,24 @@ fn hide_existence(principal: &Principal, error: ApiError) -> ApiError {
     }
 }
 
+/// The person, once the caller may read them. With `budget` (the request's loaders, for a
+/// query that also asks for the person's budget), on PostgreSQL the budget's store reads come
+/// with the person's (see `persons::get_served_with_views`), and the loaders keep them.
 async fn read_person(
     app: &super::AppContext,
     principal: &Principal,
     id: &str,
+    budget: Option<&super::loaders::Loaders>,
 ) -> ApiResult<PersonRecord> {
     access::can_read_person(&app.db, principal, id)
         .await
         .map_err(|e| hide_existence(principal, e))?;
-    service::get_served(&app.reader, id).await
-}
-
-/// As [`read_person`] for a query that also asks for the person's budget: on PostgreSQL the
-/// budget's store reads come with the person's, and the request's loaders keep them.
-async fn read_person_for_budget(
-    ctx: &Context<'_>,
-    app: &super::AppContext,
-    principal: &Principal,
-    id: &str,
-) -> ApiResult<PersonRecord> {
-    access::can_read_person(&app.db, principal, id)
-        .await
-        .map_err(|e| hide_existence(principal, e))?;
+    let Some(loaders) = budget else {
+        return service::get_served(&app.reader, id).await;
+    };
     let (person, bundle) = service::get_served_with_views(&app.reader, &app.registry, id).await?;
     if let Some(bundle) = bundle {
-        super::loaders(ctx)?.adopt(bundle);
+        loaders.adopt(bundle);
     }
     Ok(person)
 }
@@ -320,12 +313,16 @@ impl PersonsQuery {
     async fn person(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Person>> {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
-        let person = if ctx.look_ahead().field("superBudget").exists() {
-            read_person_for_budget(ctx, app, principal, &id).await
-        } else {
-            read_person(app, principal, &id).await
-        };
-        let person = person.gql(principal)?;
+        let result = async {
+            let budget = if ctx.look_ahead().field("superBudget").exists() {
+                Some(super::loaders(ctx)?)
+            } else {
+                None
+            };
+            read_person(app, principal, &id, budget).await
+        }
+        .await;
+        let person = result.gql(principal)?;
         log_read(ctx, &person.id, "person.read");
         Ok(Some(Person(person)))
     }
@@ -343,7 +340,7 @@ impl PersonsQuery {
             let id = service::find_by_identifier(&app.db, scheme.into(), &value)
                 .await
                 .map_err(|e| hide_existence(principal, e))?;
-            read_person(app, principal, &id).await
+            read_person(app, principal, &id, None).await
         }
         .await;
         let person = result.gql(principal)?;
