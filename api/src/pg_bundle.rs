@@ -88,10 +88,11 @@ static BUNDLE_SQL: std::sync::LazyLock<String> =
 /// statement (see [`read_people_views`]). `$1`: the person ids, as a JSON array of strings;
 /// `$2`: every connector's lookup schemes, as a JSON array of `{"connector", "scheme"}`.
 ///
-/// The pairs are derived here from the people's identifiers: each connector paired with the
-/// subject key (`SCHEME:value`) of every identifier the person holds in one of its schemes.
-/// A connector asks about the first of those in its own order (`Connector::subject`), so the
-/// pairs are a superset of what the views ask, and each is read by index like the rest.
+/// The pairs are derived here from the people's identifiers as `Connector::subject` picks
+/// them: for each person and connector, the subject key (`SCHEME:value`) of the identifier in
+/// the connector's first scheme (by `rank`) the person holds, the lowest value (bytewise, as
+/// the person's identifiers are sorted) if they hold several. Should a view still ask about a
+/// pair not derived here, it reads it for itself (`Loaders::prepare`).
 pub static PEOPLE_VIEWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         r#"
@@ -104,9 +105,11 @@ WITH people AS (
         SELECT * FROM person_identifiers i WHERE i.person_id = p.id OFFSET 0
     ) i
 ), want AS (
-    SELECT DISTINCT l.connector, i.scheme || ':' || i.value AS subject_key
+    SELECT DISTINCT ON (i.person_id, l.connector) l.connector, i.scheme || ':' || i.value AS subject_key
     FROM identifiers i
-    JOIN json_to_recordset($2::json) AS l(connector text, scheme text) ON l.scheme = i.scheme
+    JOIN json_to_recordset($2::json) AS l(connector text, scheme text, rank int)
+        ON l.scheme = i.scheme
+    ORDER BY i.person_id, l.connector, l.rank, i.value COLLATE "C"
 ), {}"#,
         VIEWS.replace(
             "{extra}",
@@ -236,9 +239,10 @@ fn fill(mut bundle: Bundle, row: &sea_orm::QueryResult) -> ApiResult<Bundle> {
 }
 
 /// The lookup schemes of every connector whose snapshots a view reads before it asks, as
-/// [`PEOPLE_VIEWS_SQL`] takes them: (connector id, scheme), in no particular order. A partner
-/// asked on every view has its snapshot read only if it fails (see `sources::gather`).
-pub fn lookups(registry: &connectors::Registry) -> Vec<(String, &'static str)> {
+/// [`PEOPLE_VIEWS_SQL`] takes them: (connector id, scheme, its rank in the connector's order).
+/// A partner asked on every view has its snapshot read only if it fails (see
+/// `sources::gather`).
+pub fn lookups(registry: &connectors::Registry) -> Vec<(String, &'static str, usize)> {
     registry
         .all()
         .filter(|c| !crate::services::sources::always_asked(c.as_ref()))
@@ -246,7 +250,8 @@ pub fn lookups(registry: &connectors::Registry) -> Vec<(String, &'static str)> {
             let id = c.settings().id.as_str().to_owned();
             c.schemes()
                 .into_iter()
-                .map(move |s| (id.clone(), s.as_str()))
+                .enumerate()
+                .map(move |(rank, s)| (id.clone(), s.as_str(), rank))
         })
         .collect()
 }
@@ -267,11 +272,13 @@ pub struct PeopleViews {
 pub async fn read_people_views(
     db: &impl ConnectionTrait,
     ids: &[String],
-    lookups: &[(String, &'static str)],
+    lookups: &[(String, &'static str, usize)],
 ) -> ApiResult<PeopleViews> {
     let lookups: Vec<serde_json::Value> = lookups
         .iter()
-        .map(|(connector, scheme)| serde_json::json!({ "connector": connector, "scheme": scheme }))
+        .map(|(connector, scheme, rank)| {
+            serde_json::json!({ "connector": connector, "scheme": scheme, "rank": rank })
+        })
         .collect();
     let statement = Statement::from_sql_and_values(
         DbBackend::Postgres,

@@ -1918,7 +1918,7 @@ async fn postgres_person_reads_look_people_up_by_index() {
     );
 
     // The person read with their views' rows finds them by index too.
-    let lookups = r#"[{"connector": "la-social-care", "scheme": "COUNCIL_CLIENT_ID"}]"#;
+    let lookups = r#"[{"connector": "la-social-care", "scheme": "COUNCIL_CLIENT_ID", "rank": 0}]"#;
     let plan: serde_json::Value = app
         .scalar(format!(
             "EXPLAIN (FORMAT JSON) {}",
