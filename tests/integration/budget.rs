@@ -769,8 +769,8 @@ async fn a_postgres_view_reads_the_store_with_its_person_in_one_statement() {
 /// the subjects to read from the person's identifiers in SQL) is exactly the budget read the
 /// other way, the person first and then what the view asks (a person found by identifier).
 /// The council looks people up by client id and then NHS number, and the world's people hold
-/// both, so the statement reads more pairs than the view asks about; and a person with no
-/// identifier a connector knows has no stream from it either way.
+/// both, so the statement must pick the client id as the council's connector does; and a
+/// person with no identifier a connector knows has no stream from it either way.
 #[tokio::test]
 async fn a_postgres_budget_read_with_its_person_matches_one_read_after_it() {
     let (app, ids) = synced_world_with_a_plan(Backend::Postgres).await;
