@@ -148,7 +148,7 @@ pub(crate) async fn store(
     db: &impl ConnectionTrait,
     prepared: &[Prepared<'_>],
     now: DateTime<Utc>,
-) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+) -> ApiResult<crate::services::sources::Kept> {
     let incoming: Vec<Incoming<'_>> = prepared
         .iter()
         .enumerate()

@@ -1712,12 +1712,7 @@ async fn store_either(
     local: Option<&tributary::sqlite_reads::SqliteReads>,
     db: &sea_orm::DatabaseConnection,
     fetched: &[(&str, &connectors::PersonRecords)],
-) -> tributary::error::ApiResult<
-    Vec<(
-        tributary::budget::assemble::SourceMeta,
-        tributary::services::sources::Stored,
-    )>,
-> {
+) -> tributary::error::ApiResult<tributary::services::sources::Kept> {
     use tributary::services::sources;
     match (how, local) {
         (Keeping::Inline, Some(l)) => {

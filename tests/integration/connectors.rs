@@ -571,12 +571,7 @@ impl tributary::services::sources::StoreReader for WaitingStore<'_> {
         &self,
         db: &sea_orm::DatabaseConnection,
         fetched: &[(&str, &connectors::PersonRecords)],
-    ) -> tributary::error::ApiResult<
-        Vec<(
-            tributary::budget::assemble::SourceMeta,
-            tributary::services::sources::Stored,
-        )>,
-    > {
+    ) -> tributary::error::ApiResult<tributary::services::sources::Kept> {
         if let Some(recorded) = &self.recorded
             && tokio::time::timeout(Duration::from_secs(10), recorded.notified())
                 .await

@@ -15,7 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::pg_bundle::{self, Bundle};
 use crate::reader::Reader;
 use crate::services::plan::{self, Item};
-use crate::services::sources::{self, StoreReader, Stored, decode_snapshot};
+use crate::services::sources::{self, Kept, StoreReader, decode_snapshot};
 
 type Shared<E> = Arc<E>;
 
@@ -374,7 +374,7 @@ impl StoreReader for Loaders {
         &self,
         db: &sea_orm::DatabaseConnection,
         fetched: &[(&str, &PersonRecords)],
-    ) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+    ) -> ApiResult<Kept> {
         if let Some(local) = &self.sqlite {
             return sources::store_snapshots_inline(db, local.writer(), fetched).await;
         }

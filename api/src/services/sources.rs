@@ -57,7 +57,7 @@ fn records_json(records: &PersonRecords) -> ApiResult<String> {
 pub async fn store_snapshots(
     db: &DatabaseConnection,
     fetched: &[(&str, &PersonRecords)],
-) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+) -> ApiResult<Kept> {
     let prepared = prepare(fetched)?;
     let now = Utc::now();
     let write = crate::db::begin_write(db).await?;
@@ -100,7 +100,7 @@ pub async fn store_view_snapshots(
     db: &DatabaseConnection,
     writer: &impl ConnectionTrait,
     fetched: &[(&str, &PersonRecords)],
-) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+) -> ApiResult<Kept> {
     if writer.get_database_backend() != sea_orm::DbBackend::Postgres {
         return store_snapshots(db, fetched).await;
     }
@@ -120,7 +120,7 @@ pub async fn store_snapshots_inline(
     db: &DatabaseConnection,
     writer: &crate::sqlite_writes::SqliteWriter,
     fetched: &[(&str, &PersonRecords)],
-) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+) -> ApiResult<Kept> {
     let prepared = prepare(fetched)?;
     let now = Utc::now();
     // On the request's own thread, it never waits for another process's write lock.
@@ -202,6 +202,10 @@ fn keys<'a>(prepared: &[Prepared<'a>]) -> (Vec<&'a str>, Vec<&'a str>) {
         .collect();
     (connectors, subjects)
 }
+
+/// What keeping a batch of answers gives back: each answer's source, and whether it changed
+/// what was stored.
+pub type Kept = Vec<(SourceMeta, Stored)>;
 
 /// A stored snapshot as a writer compares an answer with it: connector, subject key,
 /// version, content hash and when it was fetched.
@@ -468,7 +472,7 @@ pub trait StoreReader: Send + Sync {
         &self,
         db: &DatabaseConnection,
         fetched: &[(&str, &PersonRecords)],
-    ) -> ApiResult<Vec<(SourceMeta, Stored)>> {
+    ) -> ApiResult<Kept> {
         store_snapshots(db, fetched).await
     }
 }
