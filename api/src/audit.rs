@@ -707,10 +707,10 @@ impl Checkpointer {
 
 /// Appends every pending request's reads, in arrival order, inside `txn`.
 fn append_sqlite(txn: &rusqlite::Connection, group: &[PendingReads]) -> rusqlite::Result<()> {
-    let (mut seq, mut prev): (i64, String) =
-        txn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    // Every statement cached: the group writer runs these for every group.
+    let (mut seq, mut prev): (i64, String) = txn
+        .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     {
         let mut insert = txn.prepare_cached(
             "INSERT INTO audit_events (seq, id, at, actor_sub, actor_role, agency, person_id, \
@@ -743,10 +743,8 @@ fn append_sqlite(txn: &rusqlite::Connection, group: &[PendingReads]) -> rusqlite
             }
         }
     }
-    txn.execute(
-        "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
-        rusqlite::params![seq, prev],
-    )?;
+    txn.prepare_cached("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")?
+        .execute(rusqlite::params![seq, prev])?;
     Ok(())
 }
 

@@ -37,7 +37,7 @@ const MAX_IDLE: usize = 8;
 
 /// Prepared statements kept per connection (one per distinct query text; an `IN` list of a
 /// different length is a different text).
-const STATEMENT_CACHE: usize = 64;
+pub(crate) const STATEMENT_CACHE: usize = 64;
 
 /// Inline readers over one SQLite file.
 #[derive(Debug)]
