@@ -131,8 +131,8 @@ fn run<T>(
         Ok(out)
     });
     if written.is_err() && !connection.is_autocommit() {
-        // The caller closes a connection that failed, which rolls back too; its error is the
-        // one to report, so a failed rollback here changes nothing.
+        // Should the rollback fail too, the connection is left inside its transaction, and
+        // the caller closes it (which rolls back); the work's error is the one to report.
         let _ = connection.execute_batch("ROLLBACK");
     }
     written
