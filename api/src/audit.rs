@@ -1052,12 +1052,7 @@ mod tests {
     /// into the file: the file grows only once the checkpointer has run.
     #[tokio::test]
     async fn the_group_writer_never_checkpoints_and_the_checkpointer_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        rusqlite::Connection::open(&path)
-            .unwrap()
-            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x TEXT);")
-            .unwrap();
+        let (_dir, path) = crate::sqlite_writes::test_store("CREATE TABLE t (x TEXT)");
         let writer = open_writer(&path).unwrap();
         let file_size = || std::fs::metadata(&path).unwrap().len();
         let before = file_size();

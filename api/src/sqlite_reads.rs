@@ -698,12 +698,7 @@ mod tests {
     /// writer's next transaction starts the log over, and the readers read on.
     #[tokio::test]
     async fn caught_up_the_log_starts_over_under_a_view() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x TEXT);")
-            .unwrap();
+        let (_dir, path) = crate::sqlite_writes::test_store("CREATE TABLE t (x TEXT)");
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let reads = SqliteReads::open(&url, Arc::new(AtomicU64::new(0)))
             .unwrap()

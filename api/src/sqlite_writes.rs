@@ -214,6 +214,19 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
+/// For tests: a fresh store file in WAL mode holding `table` (its CREATE statement), in a
+/// directory that lasts as long as the guard returned with it.
+#[cfg(test)]
+pub(crate) fn test_store(table: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!("PRAGMA journal_mode = WAL; {table};"))
+        .unwrap();
+    (dir, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,12 +246,7 @@ mod tests {
     /// kept connection (its BEGIN and COMMIT cached) commits each time.
     #[tokio::test]
     async fn a_transaction_commits_whole_or_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x TEXT UNIQUE);")
-            .unwrap();
+        let (_dir, path) = test_store("CREATE TABLE t (x TEXT UNIQUE)");
         let writer = SqliteWriter::new(path.clone(), None);
         let insert = |w: &Writing<'_>, x: &str| {
             w.connection()
