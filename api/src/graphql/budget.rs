@@ -14,7 +14,7 @@ fn money(pence: i128) -> Money {
     Money::gbp(to_pounds(pence))
 }
 
-fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+pub(super) fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod budget;
+pub mod budget_answer;
 pub mod consent;
 pub mod loaders;
 pub mod persons;

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::SecondsFormat;
 
 use super::budget::SuperBudget;
+use super::budget_answer::BudgetAnswer;
 use super::plan::PlanItem;
 use super::scalars::Date;
 use super::{GqlResult, app, log_read, principal};
@@ -119,7 +120,7 @@ impl Person {
         financial_year: Option<String>,
         from: Option<Date>,
         to: Option<Date>,
-    ) -> async_graphql::Result<SuperBudget> {
+    ) -> async_graphql::Result<BudgetAnswer> {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
         let log = ctx.data::<std::sync::Arc<super::ReadLog>>().ok();
@@ -146,7 +147,7 @@ impl Person {
         if !recorded {
             log_read(ctx, &self.0.id, "budget.read");
         }
-        Ok(SuperBudget(view, self.0.id.clone()))
+        Ok(BudgetAnswer(SuperBudget(view, self.0.id.clone())))
     }
 
     /// The person's sharing permissions, newest first (the person, their representative and

@@ -91,6 +91,9 @@ pub fn format_pounds(amount: Decimal) -> String {
     rounded.to_string()
 }
 
+/// The one currency the hub's figures are in.
+pub const GBP: &str = "GBP";
+
 /// An amount of money.
 #[derive(Clone, Debug, SimpleObject)]
 pub struct Money {
@@ -105,7 +108,7 @@ impl Money {
     pub fn gbp(amount: Decimal) -> Self {
         Self {
             amount: Decimal2(amount),
-            currency: "GBP".into(),
+            currency: GBP.into(),
         }
     }
 }
