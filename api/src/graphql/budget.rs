@@ -334,10 +334,17 @@ impl SourceRecord {
     /// else the snapshot's.
     pub fn for_award(view: &AwardView) -> Self {
         let mut record = Self::new(&view.source, &view.award.upstream_id);
-        if view.award.version.is_some() {
-            record.version = view.award.version.clone();
-        }
+        record.version = Self::award_version(view).map(str::to_owned);
         record
+    }
+
+    /// The version of the record behind an award: its own where the partner versions
+    /// records, else the snapshot's.
+    pub fn award_version(view: &AwardView) -> Option<&str> {
+        view.award
+            .version
+            .as_deref()
+            .or(view.source.version.as_deref())
     }
 
     /// The record `upstream_id` of the snapshot `meta` describes.

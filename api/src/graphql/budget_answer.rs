@@ -165,19 +165,18 @@ impl Walk<'_> {
 /// Puts `value` under `key`, merging it into an answer already there for the same key as
 /// async-graphql does (objects field by field, lists item by item).
 fn merge(target: &mut IndexMap<Name, Value>, key: Name, value: Value) {
-    match target.get_mut(&key) {
-        None => {
-            target.insert(key, value);
+    use async_graphql::indexmap::map::Entry;
+    match target.entry(key) {
+        Entry::Vacant(slot) => {
+            slot.insert(value);
         }
-        Some(Value::Object(before)) => {
-            if let Value::Object(more) = value {
+        Entry::Occupied(mut slot) => match (slot.get_mut(), value) {
+            (Value::Object(before), Value::Object(more)) => {
                 for (k, v) in more {
                     merge(before, k, v);
                 }
             }
-        }
-        Some(Value::List(before)) => {
-            if let Value::List(more) = value {
+            (Value::List(before), Value::List(more)) => {
                 for (item, extra) in before.iter_mut().zip(more) {
                     if let (Value::Object(item), Value::Object(extra)) = (item, extra) {
                         for (k, v) in extra {
@@ -186,8 +185,8 @@ fn merge(target: &mut IndexMap<Name, Value>, key: Name, value: Value) {
                     }
                 }
             }
-        }
-        Some(_) => {}
+            _ => {}
+        },
     }
 }
 
@@ -332,7 +331,7 @@ impl Answer for AwardView {
                 self.lines.iter().map(|(line, pence)| Line(line, *pence)),
                 set,
             ),
-            "source" => walk.object(&SourceRecord::for_award(self), set),
+            "source" => walk.object(&Source(self), set),
             // planItems reads the plan: the derived resolvers answer it.
             _ => None,
         }
@@ -358,15 +357,19 @@ impl Answer for Line<'_> {
     }
 }
 
-impl Answer for SourceRecord {
+/// `SourceRecord`: the upstream record behind an award (see [`SourceRecord::for_award`]).
+struct Source<'v>(&'v AwardView);
+
+impl Answer for Source<'_> {
     const TYPE: &'static str = "SourceRecord";
     fn field(&self, name: &str, _: &Positioned<SelectionSet>, _: &Walk<'_>) -> Option<Value> {
+        let source = &self.0.source;
         Some(match name {
-            "connector" => text(&self.connector),
-            "upstreamId" => text(&self.upstream_id),
-            "version" => optional(self.version.as_deref()),
-            "fetchedAt" => text(&self.fetched_at),
-            "contentHash" => text(&self.content_hash),
+            "connector" => text(&source.connector),
+            "upstreamId" => text(&self.0.award.upstream_id),
+            "version" => optional(SourceRecord::award_version(self.0)),
+            "fetchedAt" => Value::String(rfc3339(source.fetched_at)),
+            "contentHash" => text(&source.content_hash),
             _ => return None,
         })
     }
