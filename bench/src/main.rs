@@ -345,6 +345,14 @@ fn criterion_figures(args: &Args, report: &mut Report) {
             "graphql/parse_super_budget_query",
             "parse the superBudget query (criterion median)",
         ),
+        (
+            "graphql/answer_super_budget_walked",
+            "answer the superBudget query from an assembled budget, the hub's walk (criterion median)",
+        ),
+        (
+            "graphql/answer_super_budget_derived",
+            "the same answered by async-graphql's derived resolvers, which the walk replaced (criterion median)",
+        ),
     ] {
         let v = read(id);
         report.info(
