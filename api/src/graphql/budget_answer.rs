@@ -20,13 +20,14 @@ use std::collections::HashMap;
 use async_graphql::indexmap::IndexMap;
 use async_graphql::parser::types::{Field, FragmentDefinition, Selection, SelectionSet};
 use async_graphql::registry::Registry;
+use async_graphql::resolver_utils::enum_value;
 use async_graphql::{
     ContextSelectionSet, Name, OutputType, Positioned, ScalarType, ServerResult, Value,
 };
 
 use super::budget::{SourceRecord, SuperBudget, rfc3339};
 use super::scalars::{Date, Decimal2, GBP};
-use crate::budget::assemble::{AwardView, BudgetView, SourceStatus, StreamView, Warning};
+use crate::budget::assemble::{AwardView, BudgetView, StreamView, Warning};
 use crate::budget::period::to_pounds;
 
 /// A person's superBudget as the schema's `SuperBudget`, answered by the walk where it can.
@@ -288,11 +289,7 @@ impl Answer for StreamView {
     fn field(&self, name: &str, set: &Positioned<SelectionSet>, walk: &Walk<'_>) -> Option<Value> {
         match name {
             "stream" => walk.object(&Stream(self), set),
-            "status" => Some(Value::Enum(Name::new(match self.status {
-                SourceStatus::Fresh => "FRESH",
-                SourceStatus::Stale => "STALE",
-                SourceStatus::Unavailable => "UNAVAILABLE",
-            }))),
+            "status" => Some(enum_value(super::budget::SourceStatus::from(self.status))),
             "asOf" => Some(
                 self.as_of
                     .map_or(Value::Null, |at| Value::String(rfc3339(at))),
@@ -386,7 +383,7 @@ mod tests {
     use serde_json::{Value as Json, json};
 
     use super::*;
-    use crate::budget::assemble::{Commitment, SourceMeta, StreamInput, assemble};
+    use crate::budget::assemble::{Commitment, SourceMeta, SourceStatus, StreamInput, assemble};
     use crate::budget::period::Window;
 
     /// The same budget answered by the walk and by the derived resolvers.
