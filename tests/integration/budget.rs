@@ -887,10 +887,26 @@ async fn inline_sqlite_reads_return_exactly_what_sea_orm_reads() {
     let mut connectors: Vec<&str> = snapshots.iter().map(|s| s.connector.as_str()).collect();
     connectors.sort_unstable();
     connectors.dedup();
-    let subjects: Vec<&str> = snapshots.iter().map(|s| s.subject_key.as_str()).collect();
-    let mut inline = local.snapshots(&connectors, &subjects).unwrap();
+    let mut subjects: Vec<&str> = snapshots.iter().map(|s| s.subject_key.as_str()).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    // Every connector with every subject key: each stored pair is found once, and the pairs
+    // no connector holds (another connector's subject keys) find nothing.
+    let pairs: Vec<(&str, &str)> = connectors
+        .iter()
+        .flat_map(|&c| subjects.iter().map(move |&s| (c, s)))
+        .collect();
+    assert!(pairs.len() > snapshots.len());
+    let mut inline = local.snapshots(&pairs).unwrap();
     inline.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(inline, snapshots);
+    let one = &snapshots[snapshots.len() / 2];
+    assert_eq!(
+        local
+            .snapshots(&[(one.connector.as_str(), one.subject_key.as_str())])
+            .unwrap(),
+        vec![one.clone()]
+    );
 
     let extracts: Vec<bulk_extract::Model> = bulk_extract::Entity::find()
         .all(&app.db)
@@ -1692,7 +1708,7 @@ async fn the_inline_snapshot_writer_leaves_a_locked_store_to_the_pool() {
         app.queries.load(Ordering::Relaxed) > pool_before,
         "the pool wrote them"
     );
-    let snapshots = local.snapshots(&["phb"], &["NHS:1"]).unwrap();
+    let snapshots = local.snapshots(&[("phb", "NHS:1")]).unwrap();
     assert_eq!(snapshots.len(), 1);
     assert_eq!(snapshots[0].fetched_at, out[0].0.fetched_at);
 }

@@ -44,21 +44,28 @@ impl Loader<(String, String)> for Snapshots {
         keys: &[(String, String)],
     ) -> Result<HashMap<(String, String), Self::Value>, Self::Error> {
         // One query for every stream's snapshots: the pairs asked for are a subset of
-        // connectors x subjects, and rows outside the pairs are dropped here.
+        // connectors x subjects, and rows outside the pairs are dropped here. On a SQLite
+        // file, each pair is looked up by itself (see `sqlite_reads::snapshots_of`).
         let groups = by_first(keys);
-        let connectors: Vec<&str> = groups.keys().copied().collect();
-        let mut subjects: Vec<&str> = groups.values().flatten().copied().collect();
-        subjects.sort_unstable();
-        subjects.dedup();
         let mut out = HashMap::new();
         let rows = match self.0.sqlite() {
-            Some(local) => local.snapshots(&connectors, &subjects).map_err(shared)?,
-            None => upstream_snapshot::Entity::find()
-                .filter(upstream_snapshot::Column::Connector.is_in(connectors))
-                .filter(upstream_snapshot::Column::SubjectKey.is_in(subjects))
-                .all(&self.0)
-                .await
-                .map_err(shared)?,
+            Some(local) => {
+                let pairs: Vec<(&str, &str)> =
+                    keys.iter().map(|(c, s)| (c.as_str(), s.as_str())).collect();
+                local.snapshots(&pairs).map_err(shared)?
+            }
+            None => {
+                let connectors: Vec<&str> = groups.keys().copied().collect();
+                let mut subjects: Vec<&str> = groups.values().flatten().copied().collect();
+                subjects.sort_unstable();
+                subjects.dedup();
+                upstream_snapshot::Entity::find()
+                    .filter(upstream_snapshot::Column::Connector.is_in(connectors))
+                    .filter(upstream_snapshot::Column::SubjectKey.is_in(subjects))
+                    .all(&self.0)
+                    .await
+                    .map_err(shared)?
+            }
         };
         for row in rows {
             let wanted = groups

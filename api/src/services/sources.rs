@@ -126,16 +126,15 @@ pub async fn store_snapshots_inline(
     // On the request's own thread, it never waits for another process's write lock.
     let inline = writer
         .transaction(std::time::Duration::ZERO, |w| {
-            let (connectors, subjects) = keys(&prepared);
-            let mut stored_now = Vec::new();
-            for chunk in subjects.chunks(ROWS_A_STATEMENT) {
-                w.counted();
-                stored_now.extend(crate::sqlite_reads::stored_versions(
-                    w.connection(),
-                    &connectors,
-                    chunk,
-                )?);
-            }
+            // Each (connector, subject) once: a view's answers are one a connector.
+            let mut pairs: Vec<(&str, &str)> = prepared
+                .iter()
+                .map(|p| (p.connector, p.records.subject_key.as_str()))
+                .collect();
+            pairs.sort_unstable();
+            pairs.dedup();
+            w.counted();
+            let stored_now = crate::sqlite_reads::stored_versions(w.connection(), &pairs)?;
             let (out, writes) = decide(&prepared, stored_now, now);
             for statement in write_statements(sea_orm::DbBackend::Sqlite, &writes, now) {
                 w.execute(&statement)?;
