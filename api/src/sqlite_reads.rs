@@ -182,10 +182,9 @@ fn instant(row: &Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
         })
 }
 
-/// What a snapshot writer compares an answer with: each stored snapshot of any of
-/// The snapshots of `pairs` (connector, subject key) as (connector, subject key, version,
-/// content hash, fetched at), without their records. Read on `connection`, a writer's inside
-/// its transaction.
+/// What a snapshot writer compares an answer with: the stored snapshot of each of `pairs`
+/// (connector, subject key) that has one, as (connector, subject key, version, content hash,
+/// fetched at), without its records. Read on `connection`, a writer's inside its transaction.
 pub fn stored_versions(
     connection: &Connection,
     pairs: &[(&str, &str)],

@@ -126,7 +126,7 @@ pub async fn store_snapshots_inline(
     // On the request's own thread, it never waits for another process's write lock.
     let inline = writer
         .transaction(std::time::Duration::ZERO, |w| {
-            // Each (connector, subject) once: a view's answers are one a connector.
+            // Each (connector, subject key) looked up once (see `sqlite_reads::snapshots_of`).
             let mut pairs: Vec<(&str, &str)> = prepared
                 .iter()
                 .map(|p| (p.connector, p.records.subject_key.as_str()))
