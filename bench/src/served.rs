@@ -232,8 +232,8 @@ pub async fn ilf_extract(
 /// figures: the checkpoint that load started writes it all out, spread over minutes, so every
 /// durable commit of a read's audit event queues behind that writing; autovacuum visits the
 /// fresh tables; and each row read for the first time has its hint bits set, dirtying its page
-/// again. `VACUUM (ANALYZE)` then `CHECKPOINT` do that work now, once, as `pgbench` does
-/// before its runs. On SQLite the log the sync left is copied back into the file
+/// again. `VACUUM (ANALYZE)` (as `pgbench` vacuums before its runs) then `CHECKPOINT` do that
+/// work now, once. On SQLite the log the sync left is copied back into the file
 /// (`wal_checkpoint(TRUNCATE)`), where the hub's background checkpointer would otherwise copy
 /// it during the first served run. Returns the seconds it took and what it did.
 async fn settle(database_url: &str) -> anyhow::Result<(f64, String)> {
