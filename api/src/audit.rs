@@ -636,6 +636,9 @@ struct Checkpointer {
     catch_up_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The log length that sets `catch_up_wanted`: [`CATCH_UP_ABOVE`], shorter in tests.
     catch_up_above: i64,
+    /// The connection the checkpoints run on, kept from one to the next: opening one (the
+    /// schema read again) four times a second cost more than the checkpoints of a quiet log.
+    connection: std::sync::Arc<std::sync::Mutex<Option<rusqlite::Connection>>>,
 }
 
 impl Checkpointer {
@@ -649,6 +652,7 @@ impl Checkpointer {
             running: Default::default(),
             catch_up_wanted: Default::default(),
             catch_up_above: CATCH_UP_ABOVE,
+            connection: Default::default(),
         }
     }
 
@@ -668,15 +672,21 @@ impl Checkpointer {
         if self.running.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let (path, readers, running, catch_up_wanted, catch_up_above) = (
+        let (path, readers, running, catch_up_wanted, catch_up_above, kept) = (
             self.path.clone(),
             self.readers.clone(),
             self.running.clone(),
             self.catch_up_wanted.clone(),
             self.catch_up_above,
+            self.connection.clone(),
         );
         Some(tokio::task::spawn_blocking(move || {
-            let done = crate::sqlite_writes::open(&path).and_then(|c| {
+            let idle = kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let connection = idle.map_or_else(|| crate::sqlite_writes::open(&path), Ok);
+            let rounds = |c: &rusqlite::Connection| {
                 let mut copied_before = 0;
                 let mut log = 0;
                 for _ in 0..CHECKPOINT_ROUNDS {
@@ -695,9 +705,15 @@ impl Checkpointer {
                     }
                 }
                 Ok(log)
-            });
-            match done {
-                Ok(log) => catch_up_wanted.store(log >= catch_up_above, Ordering::Release),
+            };
+            match connection.and_then(|c| rounds(&c).map(|log| (c, log))) {
+                Ok((c, log)) => {
+                    *kept
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
+                    catch_up_wanted.store(log >= catch_up_above, Ordering::Release);
+                }
+                // The connection is closed: the next checkpoint opens another.
                 Err(e) => tracing::warn!(error = %e, "a background checkpoint failed"),
             }
             running.store(false, Ordering::Release);
@@ -1074,6 +1090,10 @@ mod tests {
         assert!(
             !checkpointer.take_catch_up(),
             "a log this short starts over by itself: the writer need not catch up"
+        );
+        assert!(
+            checkpointer.connection.lock().unwrap().is_some(),
+            "the checkpoint's connection is kept for the next"
         );
 
         // A row a page, with the pages above it: well past the catch-up length.
