@@ -636,8 +636,9 @@ struct Checkpointer {
     catch_up_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The log length that sets `catch_up_wanted`: [`CATCH_UP_ABOVE`], shorter in tests.
     catch_up_above: i64,
-    /// The connection the checkpoints run on, kept from one to the next: opening one (the
-    /// schema read again) four times a second cost more than the checkpoints of a quiet log.
+    /// The connection the checkpoints run on, kept from one to the next. Opened afresh for
+    /// each (four a second), opening it took 10 of the checkpointer's 77 samples in a profile
+    /// of the live fan-out.
     connection: std::sync::Arc<std::sync::Mutex<Option<rusqlite::Connection>>>,
 }
 
