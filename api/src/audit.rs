@@ -58,25 +58,11 @@ pub async fn append(
     append_many(txn, actor, std::slice::from_ref(&event)).await
 }
 
-/// The most requests one group commit of [`ReadRecorder`] takes.
-const MAX_GROUP: usize = 256;
-
-/// A request's reads waiting for the audit writer.
+/// A request's reads waiting to be written.
 struct PendingReads {
     actor: Principal,
     reads: Vec<(Option<String>, &'static str)>,
     done: tokio::sync::oneshot::Sender<Result<(), String>>,
-}
-
-/// Records the reads of concurrent requests together ("group commit"). One writer task takes
-/// every request waiting, appends all their events in arrival order in one transaction, under
-/// the same head lock as every other audit write, and tells each request once that
-/// transaction has committed. A request still answers only after its reads are stored; what
-/// changes is that thirty requests arriving together cost one commit, not thirty commits
-/// queueing on the write lock.
-#[derive(Clone, Debug)]
-pub struct ReadRecorder {
-    sender: tokio::sync::mpsc::Sender<PendingReads>,
 }
 
 impl std::fmt::Debug for PendingReads {
@@ -87,107 +73,243 @@ impl std::fmt::Debug for PendingReads {
     }
 }
 
+/// Records the reads of concurrent requests together ("group commit"). A request that finds
+/// no group being written starts a writer task on its own thread; that task takes every
+/// request waiting, appends all their events in arrival order in one transaction, under the
+/// same head lock as every other audit write, tells each request once that transaction has
+/// committed, and goes on with whoever arrived meanwhile until none wait. A request still
+/// answers only after its reads are stored; what changes is that thirty requests arriving
+/// together cost one commit, not thirty commits queueing on the write lock.
+///
+/// The writer runs where the requests are, not on a thread of its own: a writer thread cost
+/// every group two thread wake-ups (the writer's, then the request's), and on PostgreSQL the
+/// group's statement went from the request's thread to the writer's and back.
+#[derive(Clone)]
+pub struct ReadRecorder {
+    shared: std::sync::Arc<Recorder>,
+}
+
+impl std::fmt::Debug for ReadRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadRecorder").finish_non_exhaustive()
+    }
+}
+
+/// What every request's [`ReadRecorder`] shares.
+struct Recorder {
+    db: DatabaseConnection,
+    /// A SQLite file store's readers and their inline writer, which write the groups.
+    local: Option<std::sync::Arc<crate::sqlite_reads::SqliteReads>>,
+    /// Set by the background checkpointer when the writer should copy back the rest of the
+    /// log (see [`Checkpointer`]).
+    catch_up: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// On PostgreSQL, what each thread's appender session connects with (see [`PgAppender`]).
+    appender: Option<PgAppender>,
+    /// The appender session of each thread that has written a group. A connection's socket
+    /// belongs to the runtime of the thread that opened it, and a worker's runtime sees its
+    /// answers first: written from another thread, every answer would wake two.
+    appenders: std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, PgAppender>>,
+    state: std::sync::Mutex<Waiting>,
+    /// Groups that waited out another process's write lock.
+    waited: std::sync::atomic::AtomicU64,
+}
+
+/// The requests waiting for their reads to be written, and who writes them.
+#[derive(Default)]
+struct Waiting {
+    reads: Vec<PendingReads>,
+    /// Whether a writer task is running: it takes everything waiting before it stops.
+    writing: bool,
+    /// The chain's head as the last group left it (see [`write_group`]), kept while no
+    /// writer runs.
+    head: Option<(i64, String)>,
+}
+
+impl Recorder {
+    fn state(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn appenders(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::thread::ThreadId, PgAppender>>
+    {
+        self.appenders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The writer task: writes every group waiting, one after the other, until none waits.
+    async fn write_waiting(self: std::sync::Arc<Self>) {
+        let mut leading = Leading {
+            recorder: &self,
+            finished: false,
+        };
+        let mut head = self.state().head.take();
+        loop {
+            let group = {
+                let mut state = self.state();
+                if state.reads.is_empty() {
+                    state.writing = false;
+                    state.head = head;
+                    leading.finished = true;
+                    return;
+                }
+                std::mem::take(&mut state.reads)
+            };
+            let (group, outcome) = self.write(group, &mut head).await;
+            let outcome = outcome.map_err(|e| {
+                tracing::error!(error = ?e, requests = group.len(), "recording reads failed");
+                e.to_string()
+            });
+            for pending in group {
+                let _ = pending.done.send(outcome.clone());
+            }
+            // The requests this thread has ready run first, and join the next group.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Writes one group; gives it back with the outcome. A group lost on the way (its
+    /// blocking thread failed) comes back empty: its requests are told the writer stopped.
+    async fn write(
+        &self,
+        group: Vec<PendingReads>,
+        head: &mut Option<(i64, String)>,
+    ) -> (Vec<PendingReads>, ApiResult<()>) {
+        let Some(local) = &self.local else {
+            let thread = std::thread::current().id();
+            let kept = self.appenders().remove(&thread);
+            let mut appender = kept.or_else(|| self.appender.as_ref().map(PgAppender::fresh));
+            let outcome = write_group(&self.db, appender.as_mut(), &group, head).await;
+            if let Some(appender) = appender {
+                self.appenders()
+                    .insert(std::thread::current().id(), appender);
+            }
+            return (group, outcome);
+        };
+        let blocking_failed =
+            || ApiError::Internal(anyhow::anyhow!("the audit log's blocking writer stopped"));
+        if self
+            .catch_up
+            .as_ref()
+            .is_some_and(|c| c.swap(false, std::sync::atomic::Ordering::AcqRel))
+        {
+            // Copying the log back waits for the log and the file to be synced: on a
+            // blocking thread, not the requests'. A failure costs only a longer log.
+            let local = local.clone();
+            let caught = tokio::task::spawn_blocking(move || {
+                futures::executor::block_on(local.catch_up_log())
+            })
+            .await;
+            match caught {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "copying the rest of the log back failed"),
+                Err(e) => tracing::warn!(error = %e, "copying the rest of the log back stopped"),
+            }
+        }
+        // On the requests' thread it never waits for another process's write lock.
+        let inline = local
+            .writer()
+            .transaction(std::time::Duration::ZERO, |w| {
+                append_sqlite(w.connection(), &group)
+            })
+            .await;
+        let failed = |e| ApiError::internal(e, "recording reads in the audit log");
+        match inline {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                // Another process (a sync) holds the store's write lock: the group waits for
+                // it, up to 15 seconds, on a blocking thread.
+                self.waited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let local = local.clone();
+                let waited = tokio::task::spawn_blocking(move || {
+                    let out = futures::executor::block_on(
+                        local
+                            .writer()
+                            .transaction(std::time::Duration::from_secs(15), |w| {
+                                append_sqlite(w.connection(), &group)
+                            }),
+                    );
+                    (group, out)
+                })
+                .await;
+                match waited {
+                    Ok((group, out)) => (group, out.map_err(failed)),
+                    Err(_) => (Vec::new(), Err(blocking_failed())),
+                }
+            }
+            out => (group, out.map_err(failed)),
+        }
+    }
+}
+
+/// The running writer task's hold on [`Waiting::writing`]. A task dropped before it finished
+/// (its runtime stopped, or it panicked) lets go: the group it held was dropped with it, every
+/// request still waiting is told the writer stopped, and the next request starts a writer
+/// afresh, from the head as stored.
+struct Leading<'a> {
+    recorder: &'a Recorder,
+    finished: bool,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut state = self.recorder.state();
+            state.writing = false;
+            state.head = None;
+            state.reads.clear();
+        }
+    }
+}
+
 impl ReadRecorder {
-    /// Starts the writer. With a SQLite file store (`local`), the group is written by a
-    /// connection of the writer's own, on a thread of the writer's own (see
-    /// [`SqliteGroupWriter`]); otherwise through sea-orm, as a task on the current Tokio
-    /// runtime.
+    /// The recorder of a server on `db`. With a SQLite file store (`local`), the groups are
+    /// written inline on its writer (see `sqlite_writes`), and a background task copies the
+    /// log back into the file (see [`Checkpointer`]); otherwise through sea-orm.
     ///
-    /// On PostgreSQL, `appender` is the writer's own session for its one-statement appends
-    /// (see [`PgAppender`]); without one they go through the pool.
+    /// On PostgreSQL, `appender` is what the writers' own sessions connect with, for their
+    /// one-statement appends (see [`PgAppender`]); without one they go through the pool.
+    ///
+    /// Call it on a Tokio runtime that lasts as long as the server: the checkpointer runs
+    /// there.
     pub fn start(
         db: DatabaseConnection,
         local: Option<std::sync::Arc<crate::sqlite_reads::SqliteReads>>,
         appender: Option<PgAppender>,
     ) -> Self {
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<PendingReads>(4 * MAX_GROUP);
-        let on_own_thread = local.is_some();
-        let writer = async move {
-            let mut checkpoints = local
-                .as_ref()
-                .map(|l| Checkpointer::new(l.path().to_path_buf(), Some(l.clone())));
-            let readers = local.clone();
-            let mut sqlite = local.map(SqliteGroupWriter);
-            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut group = Vec::with_capacity(MAX_GROUP);
-            // Whether anything was written since the last checkpoint began.
-            let mut written = false;
-            // The chain's head as the last group left it (see `write_group`).
-            let mut head = None;
-            let mut appender = appender;
-            loop {
-                let first = tokio::select! {
-                    first = receiver.recv() => first,
-                    _ = tick.tick(), if checkpoints.is_some() => {
-                        // Idle readers let go of old views first, so the checkpoint can copy
-                        // the whole log back.
-                        if let Some(readers) = &readers {
-                            readers.end_old_views();
-                        }
-                        // Every commit this process made: the groups written here (the
-                        // inline writer reports each), and the server pool's writes (it
-                        // leaves the log to this checkpointer too).
-                        written |= crate::db::take_sqlite_written();
-                        if written && let Some(c) = checkpoints.as_mut() {
-                            // Not waited for: the next group goes on meanwhile.
-                            written = c.start().is_none();
-                        }
-                        continue;
-                    }
-                };
-                let Some(first) = first else { break };
-                group.push(first);
-                while group.len() < MAX_GROUP {
-                    match receiver.try_recv() {
-                        Ok(next) => group.push(next),
-                        Err(_) => break,
-                    }
-                }
-                let outcome = match sqlite.as_mut() {
-                    Some(writer) => {
-                        if checkpoints
-                            .as_ref()
-                            .is_some_and(Checkpointer::take_catch_up)
-                        {
-                            writer.catch_up().await;
-                        }
-                        writer.write(&mut group).await
-                    }
-                    None => write_group(&db, appender.as_mut(), &group, &mut head).await,
-                };
-                let outcome = outcome.map_err(|e| {
-                    tracing::error!(error = ?e, requests = group.len(), "recording reads failed");
-                    e.to_string()
-                });
-                for pending in group.drain(..) {
-                    let _ = pending.done.send(outcome.clone());
-                }
-            }
-        };
-        if !on_own_thread {
-            tokio::spawn(writer);
-            return Self { sender };
+        let checkpoints = local
+            .as_ref()
+            .map(|l| Checkpointer::new(l.path().to_path_buf(), Some(l.clone())));
+        let shared = std::sync::Arc::new(Recorder {
+            db,
+            catch_up: checkpoints.as_ref().map(|c| c.catch_up_wanted.clone()),
+            local,
+            appender,
+            appenders: Default::default(),
+            state: Default::default(),
+            waited: Default::default(),
+        });
+        if let Some(checkpoints) = checkpoints {
+            tokio::spawn(checkpoint_now_and_then(
+                std::sync::Arc::downgrade(&shared),
+                checkpoints,
+            ));
         }
-        // SQLite's writes block: on a thread of its own, the writer runs them inline, with no
-        // hand-off to a blocking pool and back (two thread wake-ups a group).
-        let started = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(writer),
-                    Err(e) => tracing::error!(error = %e, "the audit writer could not start"),
-                }
-            });
-        if let Err(e) = started {
-            // Every request that reads personal data is then refused: its reads cannot be
-            // recorded (see `record`).
-            tracing::error!(error = %e, "the audit writer's thread could not start");
-        }
-        Self { sender }
+        Self { shared }
+    }
+
+    /// How many groups have waited out another process's write lock.
+    #[cfg(test)]
+    fn waited_out(&self) -> u64 {
+        self.shared
+            .waited
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records one request's reads; returns once they are committed.
@@ -200,19 +322,55 @@ impl ReadRecorder {
             return Ok(());
         }
         let (done, committed) = tokio::sync::oneshot::channel();
-        let stopped = || ApiError::Internal(anyhow::anyhow!("the audit writer has stopped"));
-        self.sender
-            .send(PendingReads {
+        let lead = {
+            let mut state = self.shared.state();
+            state.reads.push(PendingReads {
                 actor: actor.clone(),
                 reads,
                 done,
-            })
-            .await
-            .map_err(|_| stopped())?;
+            });
+            !std::mem::replace(&mut state.writing, true)
+        };
+        if lead {
+            // On this thread's runtime (an actix worker's runs one thread): it runs as soon
+            // as this request waits.
+            tokio::spawn(self.shared.clone().write_waiting());
+        }
         committed
             .await
-            .map_err(|_| stopped())?
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("the audit writer has stopped")))?
             .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
+    }
+}
+
+/// Every [`CHECKPOINT_EVERY`], while the server's recorder lasts: lets idle readers' old views
+/// go, then starts a background checkpoint if this process has written since the last began.
+async fn checkpoint_now_and_then(
+    recorder: std::sync::Weak<Recorder>,
+    mut checkpoints: Checkpointer,
+) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether anything was written since the last checkpoint began.
+    let mut written = false;
+    loop {
+        tick.tick().await;
+        let Some(recorder) = recorder.upgrade() else {
+            return;
+        };
+        // Idle readers let go of old views first, so the checkpoint can copy the whole log
+        // back.
+        if let Some(readers) = &recorder.local {
+            readers.end_old_views();
+        }
+        // Every commit this process made: the groups and snapshots its inline writer wrote
+        // (it reports each), and the server pool's writes (it leaves the log to this
+        // checkpointer too).
+        written |= crate::db::take_sqlite_written();
+        if written {
+            // Not waited for: the next group goes on meanwhile.
+            written = checkpoints.start().is_none();
+        }
     }
 }
 
@@ -278,11 +436,11 @@ async fn write_group(
     Ok(())
 }
 
-/// The `application_name` of the audit writer's own PostgreSQL session.
+/// The `application_name` of the group writers' own PostgreSQL sessions.
 pub const APPENDER_NAME: &str = "tributary-audit";
 
-/// The audit writer's own PostgreSQL session, for the one statement that appends a group of
-/// read events (see [`write_group`]).
+/// A group writer's own PostgreSQL session, for the one statement that appends a group of
+/// read events (see [`write_group`]): one for each thread that writes groups.
 ///
 /// The pool's sessions plan every statement for its values (`db::tune_postgres`), and that
 /// statement, a head check and an insert of a group's rows, was planned afresh for every
@@ -342,6 +500,16 @@ impl PgAppender {
         })
     }
 
+    /// Another appender like this one, with no session yet: the next thread's.
+    fn fresh(&self) -> Self {
+        Self {
+            options: self.options.clone(),
+            connection: None,
+            failed_at: None,
+            queries: self.queries.clone(),
+        }
+    }
+
     /// The session, opened (or tested, after a while idle) as needed; `None` when it cannot
     /// be opened now.
     async fn session(&mut self) -> Option<&mut PgConnection> {
@@ -365,7 +533,7 @@ impl PgAppender {
                             Ok(Err(e)) => e.to_string(),
                             _ => "timed out".to_owned(),
                         };
-                        tracing::warn!(%error, "the audit writer's own PostgreSQL session could not be opened; its appends go through the pool for now");
+                        tracing::warn!(%error, "a group writer's own PostgreSQL session could not be opened; its appends go through the pool for now");
                         self.failed_at = Some(std::time::Instant::now());
                         return None;
                     }
@@ -572,36 +740,6 @@ fn event_row(
     (row, hash)
 }
 
-/// The group commit of [`ReadRecorder`] on a SQLite file store. Through sqlx a group costs six
-/// statements, each a round trip to the connection's own thread; here the writer's own thread
-/// appends the whole group in one immediate transaction of an inline writer (see
-/// `sqlite_writes`), which stores what sea-orm would store, so `verify` and every read see the
-/// same chain.
-struct SqliteGroupWriter(std::sync::Arc<crate::sqlite_reads::SqliteReads>);
-
-impl SqliteGroupWriter {
-    /// Writes `group` inline: the writer has a thread of its own (see [`ReadRecorder::start`]),
-    /// so it may wait out another process's write lock.
-    async fn write(&mut self, group: &mut [PendingReads]) -> ApiResult<()> {
-        self.0
-            .writer()
-            .transaction(std::time::Duration::from_secs(15), |w| {
-                append_sqlite(w.connection(), group)
-            })
-            .await
-            .map_err(|e| ApiError::internal(e, "recording reads in the audit log"))
-    }
-
-    /// Copies back what the last background checkpoint left of the log, so this writer's
-    /// next group starts the log over (see `SqliteReads::catch_up_log`). A failure costs only
-    /// a longer log: the group is written all the same.
-    async fn catch_up(&mut self) {
-        if let Err(e) = self.0.catch_up_log().await {
-            tracing::warn!(error = %e, "copying the rest of the log back failed");
-        }
-    }
-}
-
 /// How often the WAL is copied back into a SQLite store's file (see [`Checkpointer`]).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -626,7 +764,7 @@ const CHECKPOINT_ROUNDS: usize = 6;
 /// checkpoints: they wait for no reader or writer). Left to SQLite, the commit that crosses
 /// 1,000 pages of log does the copying itself, while every request waiting for its reads to be
 /// recorded waits behind it; the group writer's own connection therefore copies back only the
-/// little a background checkpoint leaves (see [`SqliteGroupWriter::catch_up`]).
+/// little a background checkpoint leaves (see `Recorder::write`).
 struct Checkpointer {
     path: std::path::PathBuf,
     /// The server's readers, whose views it lets go before each round.
@@ -658,7 +796,8 @@ impl Checkpointer {
     }
 
     /// Whether a background checkpoint has left a long log since this was last asked: the
-    /// group writer should catch up.
+    /// group writer should catch up (it asks through its own handle, `catch_up_wanted`).
+    #[cfg(test)]
     fn take_catch_up(&self) -> bool {
         self.catch_up_wanted
             .swap(false, std::sync::atomic::Ordering::AcqRel)
@@ -1107,5 +1246,128 @@ mod tests {
             "the writer is told to catch up"
         );
         assert!(!checkpointer.take_catch_up(), "once");
+    }
+
+    /// A migrated SQLite file store, its readers (with their inline writer) and a recorder
+    /// over them.
+    async fn sqlite_recorder() -> (
+        tempfile::TempDir,
+        sea_orm::DatabaseConnection,
+        super::ReadRecorder,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/hub.db?mode=rwc", dir.path().display());
+        let settings = crate::config::DatabaseSettings {
+            url: url.clone(),
+            max_connections: 2,
+        };
+        let db = crate::db::connect_server(&settings).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let local =
+            std::sync::Arc::new(crate::sqlite_reads::SqliteReads::open(&url, counter).unwrap());
+        let recorder = super::ReadRecorder::start(db.clone(), Some(local), None);
+        (dir, db, recorder)
+    }
+
+    fn reader(request: usize) -> crate::auth::Principal {
+        crate::auth::Principal {
+            sub: "auditor-1".into(),
+            role: crate::auth::Role::Auditor,
+            acts_for: Vec::new(),
+            agency: None,
+            purpose: Some("test".into()),
+            request_id: format!("request-{request}"),
+        }
+    }
+
+    /// Requests on several threads at once each get their reads committed, in one chain
+    /// that holds, each request's reads together and in its order, whichever request's
+    /// thread wrote their group.
+    #[test]
+    fn concurrent_requests_reads_are_all_recorded_in_one_chain() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (_dir, db, recorder) = sqlite_recorder().await;
+            let requests = 300;
+            let tasks: Vec<_> = (0..requests)
+                .map(|r| {
+                    let recorder = recorder.clone();
+                    tokio::spawn(async move {
+                        let reads = vec![
+                            (Some(format!("person-{r}")), "person.read"),
+                            (Some(format!("person-{r}")), "budget.read"),
+                        ];
+                        recorder.record(&reader(r), reads).await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+            match super::verify(&db).await.unwrap() {
+                super::ChainStatus::Holds { events, .. } => {
+                    assert_eq!(events, 2 * requests as i64)
+                }
+                broken => panic!("the chain broke: {broken:?}"),
+            }
+            use sea_orm::{EntityTrait, QueryOrder};
+            let events = entities::audit_event::Entity::find()
+                .order_by_asc(entities::audit_event::Column::Seq)
+                .all(&db)
+                .await
+                .unwrap();
+            for pair in events.chunks(2) {
+                assert_eq!(
+                    pair[0].request_id, pair[1].request_id,
+                    "a request's reads were split"
+                );
+                assert_eq!(
+                    (pair[0].action.as_str(), pair[1].action.as_str()),
+                    ("person.read", "budget.read")
+                );
+            }
+        });
+    }
+
+    /// While another process holds the store's write lock, a group waits for it off the
+    /// requests' thread: the runtime's one thread goes on (here, to release that lock), and
+    /// the reads are committed once it is free.
+    #[test]
+    fn a_group_waits_out_another_process_lock_off_the_requests_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (dir, db, recorder) = sqlite_recorder().await;
+            let other = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let recording = {
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    recorder
+                        .record(&reader(1), vec![(Some("person-1".into()), "person.read")])
+                        .await
+                })
+            };
+            // This thread runs the writer until it finds the lock taken and leaves the group
+            // to a blocking thread.
+            while recorder.waited_out() == 0 && !recording.is_finished() {
+                tokio::task::yield_now().await;
+            }
+            assert!(!recording.is_finished(), "recorded under another's lock");
+            assert_eq!(recorder.waited_out(), 1);
+            other.execute_batch("COMMIT").unwrap();
+            recording.await.unwrap().unwrap();
+            match super::verify(&db).await.unwrap() {
+                super::ChainStatus::Holds { events, .. } => assert_eq!(events, 1),
+                broken => panic!("the chain broke: {broken:?}"),
+            }
+        });
     }
 }

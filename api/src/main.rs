@@ -13,8 +13,9 @@ use tributary::services::sync;
 use tributary::{Application, db, demo, graphql, telemetry};
 
 /// mimalloc rather than glibc's allocator: a served budget makes a few thousand small
-/// allocations, many freed on another thread than made them (the audit writer's), and glibc's
-/// arenas spent a sixth of the hub's CPU in the benchmark's profile.
+/// allocations, many freed on another thread than made them (the audit log's group writer's,
+/// often on the other worker), and glibc's arenas spent a sixth of the hub's CPU in the
+/// benchmark's profile.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
