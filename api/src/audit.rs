@@ -58,6 +58,9 @@ pub async fn append(
     append_many(txn, actor, std::slice::from_ref(&event)).await
 }
 
+/// The most requests one group commit takes; more wait for the next.
+const MAX_GROUP: usize = 256;
+
 /// A request's reads waiting to be written.
 struct PendingReads {
     actor: Principal,
@@ -107,7 +110,8 @@ struct Recorder {
     appender: Option<PgAppender>,
     /// The appender session of each thread that has written a group. A connection's socket
     /// belongs to the runtime of the thread that opened it, and a worker's runtime sees its
-    /// answers first: written from another thread, every answer would wake two.
+    /// answers first: written from another thread, every answer would wake two. (A worker
+    /// thread that ends, which actix replaces only after a panic, leaves its session here.)
     appenders: std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, PgAppender>>,
     state: std::sync::Mutex<Waiting>,
     /// Groups that waited out another process's write lock.
@@ -142,24 +146,23 @@ impl Recorder {
     }
 
     /// The writer task: writes every group waiting, one after the other, until none waits.
-    async fn write_waiting(self: std::sync::Arc<Self>) {
-        let mut leading = Leading {
-            recorder: &self,
-            finished: false,
-        };
-        let mut head = self.state().head.take();
+    /// `leading` is its hold on [`Waiting::writing`], made before the task was spawned.
+    async fn write_waiting(mut leading: Leading) {
+        let recorder = leading.recorder.clone();
+        let mut head = recorder.state().head.take();
         loop {
-            let group = {
-                let mut state = self.state();
+            let group: Vec<PendingReads> = {
+                let mut state = recorder.state();
                 if state.reads.is_empty() {
                     state.writing = false;
                     state.head = head;
                     leading.finished = true;
                     return;
                 }
-                std::mem::take(&mut state.reads)
+                let taken = state.reads.len().min(MAX_GROUP);
+                state.reads.drain(..taken).collect()
             };
-            let (group, outcome) = self.write(group, &mut head).await;
+            let (group, outcome) = recorder.write(group, &mut head).await;
             let outcome = outcome.map_err(|e| {
                 tracing::error!(error = ?e, requests = group.len(), "recording reads failed");
                 e.to_string()
@@ -248,16 +251,19 @@ impl Recorder {
     }
 }
 
-/// The running writer task's hold on [`Waiting::writing`]. A task dropped before it finished
-/// (its runtime stopped, or it panicked) lets go: the group it held was dropped with it, every
-/// request still waiting is told the writer stopped, and the next request starts a writer
-/// afresh, from the head as stored.
-struct Leading<'a> {
-    recorder: &'a Recorder,
+/// A writer task's hold on [`Waiting::writing`], made by the request that spawns the task and
+/// moved into it, so it is let go even if the task is dropped before it first runs. A task
+/// dropped before it finished (its runtime stopped, or it panicked) lets go: every request
+/// still waiting is told the writer stopped, as are those of the group it held, and the next
+/// request starts a writer afresh, from the head as stored. (A group already handed to a
+/// blocking thread to wait out another process's lock may still commit there: its requests,
+/// told otherwise, withhold their answers, and their reads may be recorded again.)
+struct Leading {
+    recorder: std::sync::Arc<Recorder>,
     finished: bool,
 }
 
-impl Drop for Leading<'_> {
+impl Drop for Leading {
     fn drop(&mut self) {
         if !self.finished {
             let mut state = self.recorder.state();
@@ -334,7 +340,10 @@ impl ReadRecorder {
         if lead {
             // On this thread's runtime (an actix worker's runs one thread): it runs as soon
             // as this request waits.
-            tokio::spawn(self.shared.clone().write_waiting());
+            tokio::spawn(Recorder::write_waiting(Leading {
+                recorder: self.shared.clone(),
+                finished: false,
+            }));
         }
         committed
             .await
@@ -1307,7 +1316,11 @@ mod tests {
                 })
                 .collect();
             for task in tasks {
-                task.await.unwrap().unwrap();
+                tokio::time::timeout(std::time::Duration::from_secs(60), task)
+                    .await
+                    .expect("a request's reads were never recorded")
+                    .unwrap()
+                    .unwrap();
             }
             match super::verify(&db).await.unwrap() {
                 super::ChainStatus::Holds { events, .. } => {
@@ -1364,6 +1377,53 @@ mod tests {
             assert_eq!(recorder.waited_out(), 1);
             other.execute_batch("COMMIT").unwrap();
             recording.await.unwrap().unwrap();
+            match super::verify(&db).await.unwrap() {
+                super::ChainStatus::Holds { events, .. } => assert_eq!(events, 1),
+                broken => panic!("the chain broke: {broken:?}"),
+            }
+        });
+    }
+
+    /// A writer task dropped before it ever ran (its runtime shut down first) lets go of the
+    /// writing: the request it was spawned for is told the writer stopped, and the next
+    /// request, on another runtime, starts a writer of its own and is recorded.
+    #[test]
+    fn a_writer_dropped_before_it_ran_lets_the_next_request_write() {
+        use futures::FutureExt;
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let first = runtime();
+        let (dir, _, recorder) = first.block_on(sqlite_recorder());
+        let read = || vec![(Some("person-1".to_owned()), "person.read")];
+        first.block_on(async {
+            // Polled once: the reads wait, and the writer task is spawned but not yet run.
+            assert!(recorder.record(&reader(1), read()).now_or_never().is_none());
+            assert!(recorder.shared.state().writing);
+        });
+        drop(first);
+        assert!(
+            !recorder.shared.state().writing,
+            "the dropped writer kept its hold"
+        );
+        let second = runtime();
+        second.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                recorder.record(&reader(2), read()),
+            )
+            .await
+            .expect("the next request's reads were never recorded")
+            .unwrap();
+            // The first runtime's pool went with it: a new one, on this runtime.
+            let settings = crate::config::DatabaseSettings {
+                url: format!("sqlite://{}/hub.db?mode=rwc", dir.path().display()),
+                max_connections: 1,
+            };
+            let db = crate::db::connect_server(&settings).await.unwrap();
             match super::verify(&db).await.unwrap() {
                 super::ChainStatus::Holds { events, .. } => assert_eq!(events, 1),
                 broken => panic!("the chain broke: {broken:?}"),
