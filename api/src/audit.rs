@@ -162,7 +162,7 @@ impl Recorder {
                 let taken = state.reads.len().min(MAX_GROUP);
                 state.reads.drain(..taken).collect()
             };
-            let (group, outcome) = recorder.write(group, &mut head).await;
+            let outcome = recorder.write(&group, &mut head).await;
             let outcome = outcome.map_err(|e| {
                 tracing::error!(error = ?e, requests = group.len(), "recording reads failed");
                 e.to_string()
@@ -175,26 +175,23 @@ impl Recorder {
         }
     }
 
-    /// Writes one group; gives it back with the outcome. A group lost on the way (its
-    /// blocking thread failed) comes back empty: its requests are told the writer stopped.
+    /// Writes one group.
     async fn write(
         &self,
-        group: Vec<PendingReads>,
+        group: &[PendingReads],
         head: &mut Option<(i64, String)>,
-    ) -> (Vec<PendingReads>, ApiResult<()>) {
+    ) -> ApiResult<()> {
         let Some(local) = &self.local else {
             let thread = std::thread::current().id();
             let kept = self.appenders().remove(&thread);
             let mut appender = kept.or_else(|| self.appender.as_ref().map(PgAppender::fresh));
-            let outcome = write_group(&self.db, appender.as_mut(), &group, head).await;
+            let outcome = write_group(&self.db, appender.as_mut(), group, head).await;
             if let Some(appender) = appender {
                 self.appenders()
                     .insert(std::thread::current().id(), appender);
             }
-            return (group, outcome);
+            return outcome;
         };
-        let blocking_failed =
-            || ApiError::Internal(anyhow::anyhow!("the audit log's blocking writer stopped"));
         if self
             .catch_up
             .as_ref()
@@ -217,36 +214,21 @@ impl Recorder {
         let inline = local
             .writer()
             .transaction(std::time::Duration::ZERO, |w| {
-                append_sqlite(w.connection(), &group)
+                append_sqlite(w.connection(), group)
             })
             .await;
-        let failed = |e| ApiError::internal(e, "recording reads in the audit log");
         match inline {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy =>
             {
-                // Another process (a sync) holds the store's write lock: the group waits for
-                // it, up to 15 seconds, on a blocking thread.
+                // Another process (a sync) holds the store's write lock: the group goes
+                // through the pool, whose connection waits for it (up to 15 seconds) on a
+                // thread of its own, as the views' snapshots do (`sources::store_snapshots_inline`).
                 self.waited
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let local = local.clone();
-                let waited = tokio::task::spawn_blocking(move || {
-                    let out = futures::executor::block_on(
-                        local
-                            .writer()
-                            .transaction(std::time::Duration::from_secs(15), |w| {
-                                append_sqlite(w.connection(), &group)
-                            }),
-                    );
-                    (group, out)
-                })
-                .await;
-                match waited {
-                    Ok((group, out)) => (group, out.map_err(failed)),
-                    Err(_) => (Vec::new(), Err(blocking_failed())),
-                }
+                write_group(&self.db, None, group, head).await
             }
-            out => (group, out.map_err(failed)),
+            out => out.map_err(|e| ApiError::internal(e, "recording reads in the audit log")),
         }
     }
 }
@@ -255,9 +237,9 @@ impl Recorder {
 /// moved into it, so it is let go even if the task is dropped before it first runs. A task
 /// dropped before it finished (its runtime stopped, or it panicked) lets go: every request
 /// still waiting is told the writer stopped, as are those of the group it held, and the next
-/// request starts a writer afresh, from the head as stored. (A group already handed to a
-/// blocking thread to wait out another process's lock may still commit there: its requests,
-/// told otherwise, withhold their answers, and their reads may be recorded again.)
+/// request starts a writer afresh, from the head as stored. (A group whose commit was already
+/// under way may still commit: its requests, told otherwise, withhold their answers, and
+/// their reads may be recorded again.)
 struct Leading {
     recorder: std::sync::Arc<Recorder>,
     finished: bool,
@@ -1369,7 +1351,7 @@ mod tests {
                 })
             };
             // This thread runs the writer until it finds the lock taken and leaves the group
-            // to a blocking thread.
+            // to the pool.
             while recorder.waited_out() == 0 && !recording.is_finished() {
                 tokio::task::yield_now().await;
             }
