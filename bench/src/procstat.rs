@@ -69,6 +69,75 @@ pub fn cpu_of_named(name: &str) -> f64 {
     ticks / TICKS_PER_SEC
 }
 
+/// What a process asked of the kernel so far: counts that depend on the code and the load,
+/// not on how fast this machine is, so two runs on a noisy machine compare where their
+/// seconds do not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// `read`-family system calls (`syscr` in `/proc/<pid>/io`): the store's page reads,
+    /// and the reads of the event-loop wake-ups' counters. Socket receives are not in it.
+    pub read_calls: u64,
+    /// `write`-family system calls (`syscw`): the store's page and log writes, the
+    /// wake-ups' counters and log lines. Socket sends are not in it.
+    pub write_calls: u64,
+    /// Context switches, voluntary and not, of the threads alive now
+    /// (`/proc/<pid>/task/*/status`).
+    pub context_switches: u64,
+}
+
+impl Activity {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Activity) -> Activity {
+        Activity {
+            read_calls: self.read_calls.saturating_sub(earlier.read_calls),
+            write_calls: self.write_calls.saturating_sub(earlier.write_calls),
+            context_switches: self
+                .context_switches
+                .saturating_sub(earlier.context_switches),
+        }
+    }
+}
+
+/// Reads a process's [`Activity`]; `None` once it has gone, or where `/proc/<pid>/io` cannot
+/// be read (another user's process).
+pub fn activity(pid: u32) -> Option<Activity> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let (read_calls, write_calls) = io_calls(&io)?;
+    let context_switches = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| context_switches(&status))
+        .sum();
+    Some(Activity {
+        read_calls,
+        write_calls,
+        context_switches,
+    })
+}
+
+/// `syscr` and `syscw` of a `/proc/<pid>/io` text.
+fn io_calls(io: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| -> Option<u64> {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+    };
+    Some((field("syscr:")?, field("syscw:")?))
+}
+
+/// Voluntary plus involuntary context switches of a `/proc/<pid>/task/<tid>/status` text.
+fn context_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        })
+        .filter_map(|rest| rest.trim().parse::<u64>().ok())
+        .sum()
+}
+
 /// The calling process's own reading.
 pub fn own() -> Reading {
     read(std::process::id()).unwrap_or_default()
@@ -140,6 +209,47 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The system calls are read from `/proc/<pid>/io`, and a thread's switches are both
+    /// kinds added.
+    #[test]
+    fn activity_reads_the_calls_and_adds_both_kinds_of_switch() {
+        let io = "rchar: 10\nwchar: 20\nsyscr: 7\nsyscw: 3\nread_bytes: 0\n";
+        assert_eq!(io_calls(io), Some((7, 3)));
+        assert_eq!(io_calls("rchar: 10\n"), None);
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t5\n";
+        assert_eq!(context_switches(status), 17);
+        let later = Activity {
+            read_calls: 9,
+            write_calls: 3,
+            context_switches: 30,
+        };
+        let earlier = Activity {
+            read_calls: 7,
+            write_calls: 4,
+            context_switches: 17,
+        };
+        assert_eq!(
+            later.since(&earlier),
+            Activity {
+                read_calls: 2,
+                write_calls: 0,
+                context_switches: 13,
+            }
+        );
+    }
+
+    /// This process's own activity is readable, and reading a file is counted.
+    #[test]
+    fn a_process_reads_are_counted() {
+        let before = activity(std::process::id()).unwrap();
+        for _ in 0..5 {
+            std::fs::read_to_string("/proc/self/stat").unwrap();
+        }
+        let after = activity(std::process::id()).unwrap();
+        assert!(after.since(&before).read_calls >= 5);
+        assert!(after.context_switches >= before.context_switches);
+    }
 
     /// The CPU of the processes of a name counts this process's own, and a name no process has
     /// counts nothing.

@@ -366,6 +366,7 @@ pub async fn backend_suite(
     let hits_before = total_hits(sandboxes);
     hub.sampler.reset_peak(hub.pid);
     let before = procstat::read(hub.pid).unwrap_or_default();
+    let calls_before = procstat::activity(hub.pid).unwrap_or_default();
     let own_before = procstat::own();
     let server_before = procstat::cpu_of_named("postgres");
     let closed = crate::profile::profiled(
@@ -378,6 +379,9 @@ pub async fn backend_suite(
     )
     .await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
+    let calls = procstat::activity(hub.pid)
+        .unwrap_or_default()
+        .since(&calls_before);
     let own_after = procstat::own();
     let server_cpu = procstat::cpu_of_named("postgres") - server_before;
     let partner_calls = total_hits(sandboxes) - hits_before;
@@ -424,6 +428,7 @@ pub async fn backend_suite(
             closed.ok
         ),
     );
+    report_activity(report, b, "served from snapshots", calls, closed.ok);
     report.info(
         "cpu",
         "load generator CPU per query (oha), served from snapshots",
@@ -539,6 +544,7 @@ pub async fn backend_suite(
         format!("hub p99 {:.2} ms", modest.p99_ms),
     );
     let before = procstat::read(hub.pid).unwrap_or_default();
+    let calls_before = procstat::activity(hub.pid).unwrap_or_default();
     let busy = crate::profile::profiled(
         args,
         hub.pid,
@@ -549,6 +555,9 @@ pub async fn backend_suite(
     )
     .await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
+    let calls = procstat::activity(hub.pid)
+        .unwrap_or_default()
+        .since(&calls_before);
     let fanout_cpu = (after.cpu_secs - before.cpu_secs) / busy.ok.max(1) as f64 * 1e6;
     report.target(
         "cpu",
@@ -565,6 +574,7 @@ pub async fn backend_suite(
             busy.requests - busy.ok + busy.errors
         ),
     );
+    report_activity(report, b, "live fan-out to the partners", calls, busy.ok);
     for s in sandboxes.all() {
         s.faults.set_latency_ms(0);
     }
@@ -643,4 +653,50 @@ async fn ideal_fan_out(
         load::percentile(&mut samples, 50.0),
         load::percentile(&mut samples, 99.0),
     ))
+}
+
+/// Reports what the hub asked of the kernel a query during `run`: counts that do not depend on
+/// the machine's speed, so a change's effect shows through a noisy machine's seconds (see
+/// `procstat::Activity`).
+fn report_activity(
+    report: &mut Report,
+    backend: Option<&str>,
+    run: &str,
+    calls: procstat::Activity,
+    queries: u64,
+) {
+    let per = |n: u64| n as f64 / queries.max(1) as f64;
+    report.info(
+        "kernel",
+        &format!("hub read system calls per query, {run}"),
+        backend,
+        Some(per(calls.read_calls)),
+        "calls",
+        format!(
+            "{} over {queries} queries (syscr): on SQLite the store's page reads (pread); on either store the event loops' wake-up counters; socket receives are not counted",
+            calls.read_calls
+        ),
+    );
+    report.info(
+        "kernel",
+        &format!("hub write system calls per query, {run}"),
+        backend,
+        Some(per(calls.write_calls)),
+        "calls",
+        format!(
+            "{} over {queries} queries (syscw): on SQLite the store's log frames (two calls a page) and checkpoint copies; on either store the wake-up counters and log lines; socket sends are not counted",
+            calls.write_calls
+        ),
+    );
+    report.info(
+        "kernel",
+        &format!("hub context switches per query, {run}"),
+        backend,
+        Some(per(calls.context_switches)),
+        "switches",
+        format!(
+            "{} over {queries} queries, voluntary and not, summed over the hub's threads alive at the end",
+            calls.context_switches
+        ),
+    );
 }
