@@ -366,7 +366,7 @@ pub async fn backend_suite(
     let hits_before = total_hits(sandboxes);
     hub.sampler.reset_peak(hub.pid);
     let before = procstat::read(hub.pid).unwrap_or_default();
-    let calls_before = procstat::activity(hub.pid).unwrap_or_default();
+    let calls_before = procstat::activity(hub.pid);
     let own_before = procstat::own();
     let server_before = procstat::cpu_of_named("postgres");
     let closed = crate::profile::profiled(
@@ -380,8 +380,8 @@ pub async fn backend_suite(
     .await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
     let calls = procstat::activity(hub.pid)
-        .unwrap_or_default()
-        .since(&calls_before);
+        .zip(calls_before)
+        .map(|(after, before)| after.since(&before));
     let own_after = procstat::own();
     let server_cpu = procstat::cpu_of_named("postgres") - server_before;
     let partner_calls = total_hits(sandboxes) - hits_before;
@@ -544,7 +544,7 @@ pub async fn backend_suite(
         format!("hub p99 {:.2} ms", modest.p99_ms),
     );
     let before = procstat::read(hub.pid).unwrap_or_default();
-    let calls_before = procstat::activity(hub.pid).unwrap_or_default();
+    let calls_before = procstat::activity(hub.pid);
     let busy = crate::profile::profiled(
         args,
         hub.pid,
@@ -556,8 +556,8 @@ pub async fn backend_suite(
     .await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
     let calls = procstat::activity(hub.pid)
-        .unwrap_or_default()
-        .since(&calls_before);
+        .zip(calls_before)
+        .map(|(after, before)| after.since(&before));
     let fanout_cpu = (after.cpu_secs - before.cpu_secs) / busy.ok.max(1) as f64 * 1e6;
     report.target(
         "cpu",
@@ -662,9 +662,16 @@ fn report_activity(
     report: &mut Report,
     backend: Option<&str>,
     run: &str,
-    calls: procstat::Activity,
+    calls: Option<procstat::Activity>,
     queries: u64,
 ) {
+    let Some(calls) = calls else {
+        report.note(format!(
+            "{}: the hub's system calls and context switches during the run ({run}) could not be read from /proc",
+            backend.unwrap_or("hub")
+        ));
+        return;
+    };
     let per = |n: u64| n as f64 / queries.max(1) as f64;
     report.info(
         "kernel",
