@@ -112,6 +112,9 @@ struct Recorder {
     /// belongs to the runtime of the thread that opened it, and a worker's runtime sees its
     /// answers first: written from another thread, every answer would wake two. (A worker
     /// thread that ends, which actix replaces only after a panic, leaves its session here.)
+    /// Keyed by `ThreadId`, which is never reused, rather than a `thread_local::ThreadLocal`
+    /// as the partners' clients are: that reuses an ended thread's slot, and would hand its
+    /// session, whose socket belonged to a runtime now gone, to the replacement thread.
     appenders: std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, PgAppender>>,
     state: std::sync::Mutex<Waiting>,
     /// Groups that waited out another process's write lock.
