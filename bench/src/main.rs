@@ -11,6 +11,7 @@ mod procstat;
 mod profile;
 mod report;
 mod served;
+mod wake;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -164,6 +165,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("in-process figures (criterion)");
     criterion_figures(&args, &mut report);
+
+    eprintln!("wake-up cost");
+    wake::measure(if args.quick { 5_000 } else { 20_000 }, &mut report);
 
     eprintln!("ILF extract");
     served::ilf_extract(&args.hub, &plan, scratch.path(), &secret, &mut report).await?;
