@@ -13,6 +13,16 @@ if ! command -v oha >/dev/null; then
   echo "installing oha (the load generator) from crates.io" >&2
   cargo install oha --locked --version 1.16.0
 fi
+if ! command -v valgrind >/dev/null && ! $quick; then
+  # The hub's instructions a query (callgrind); without valgrind the report says not measured.
+  if command -v apt-get >/dev/null; then
+    echo "installing valgrind (instruction counts) from Debian's packages" >&2
+    (apt-get update -qq && apt-get install -y -qq valgrind) >&2 ||
+      echo "valgrind could not be installed: the instruction count will be skipped" >&2
+  else
+    echo "valgrind is not installed: the instruction count will be skipped" >&2
+  fi
+fi
 # shellcheck source=scripts/postgres.sh
 source scripts/postgres.sh
 ensure_postgres

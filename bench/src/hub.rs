@@ -113,8 +113,31 @@ impl Hub {
         port: u16,
         log: &Path,
     ) -> anyhow::Result<Self> {
+        let command = tokio::process::Command::new(binary);
+        Self::launch(
+            command,
+            config_file,
+            jwt_secret,
+            port,
+            log,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// Starts `command` (the hub binary, or a tool running it, with `--config` and `serve` yet
+    /// to come) and waits up to `ready_within` until it answers `/health/ready`.
+    pub async fn launch(
+        mut command: tokio::process::Command,
+        config_file: &Path,
+        jwt_secret: &str,
+        port: u16,
+        log: &Path,
+        ready_within: Duration,
+    ) -> anyhow::Result<Self> {
         let log_file = std::fs::File::create(log)?;
-        let child = tokio::process::Command::new(binary)
+        let program = command.as_std().get_program().to_owned();
+        let child = command
             .arg("--config")
             .arg(config_file)
             .arg("serve")
@@ -123,12 +146,12 @@ impl Hub {
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("could not start {}", binary.display()))?;
+            .with_context(|| format!("could not start {}", program.display()))?;
         let pid = child.id().context("the hub exited at once")?;
         let sampler = Sampler::start(pid);
         let client = reqwest::Client::new();
         let ready = format!("http://127.0.0.1:{port}/health/ready");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + ready_within;
         loop {
             if let Ok(r) = client.get(&ready).send().await
                 && r.status().is_success()
@@ -153,6 +176,26 @@ impl Hub {
         self.sampler.stop();
         self.child.kill().await?;
         Ok(())
+    }
+
+    /// Asks it to stop as a deployment would (SIGINT: in-flight requests finish, then it
+    /// exits) and waits up to `within` for it to exit; kills it if it has not.
+    pub async fn interrupt(mut self, within: Duration) -> anyhow::Result<()> {
+        self.sampler.stop();
+        tokio::process::Command::new("kill")
+            .args(["-INT", &self.pid.to_string()])
+            .status()
+            .await?;
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => {
+                status?;
+                Ok(())
+            }
+            Err(_) => {
+                self.child.kill().await?;
+                anyhow::bail!("the hub had not exited {} s after SIGINT", within.as_secs())
+            }
+        }
     }
 }
 

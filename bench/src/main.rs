@@ -5,6 +5,7 @@
 //! its target. `scripts/bench.sh` builds what it needs and runs it.
 
 mod hub;
+mod instructions;
 mod load;
 mod peer;
 mod procstat;
@@ -66,6 +67,10 @@ struct Args {
     /// frame's inclusive share (`perf-served-*.children.txt`, `perf-fanout-*.children.txt`).
     #[arg(long)]
     call_graph: bool,
+    /// Count the hub's instructions a served query under valgrind's callgrind in a quick run
+    /// too (a full run always does, where valgrind is installed).
+    #[arg(long)]
+    instructions: bool,
     /// Override the larger ILF extract size (the smaller is a quarter of it).
     #[arg(long)]
     ilf_rows: Option<usize>,

@@ -72,15 +72,7 @@ pub fn write_bodies(dir: &Path, name: &str, ids: &[String]) -> anyhow::Result<st
 pub async fn check_answers(url: &str, headers: &[String], ids: &[String]) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     for id in ids.iter().step_by((ids.len() / 5).max(1)).take(5) {
-        let mut request = client
-            .post(url)
-            .json(&json!({ "query": SUPER_BUDGET, "variables": { "id": id } }));
-        for h in headers {
-            if let Some((name, value)) = h.split_once(": ") {
-                request = request.header(name, value);
-            }
-        }
-        let answer: Value = request.send().await?.json().await?;
+        let answer = ask(&client, url, headers, id).await?;
         anyhow::ensure!(
             answer.get("errors").is_none(),
             "the hub answered with errors: {}",
@@ -94,6 +86,24 @@ pub async fn check_answers(url: &str, headers: &[String], ids: &[String]) -> any
         );
     }
     Ok(())
+}
+
+/// Asks the hub at `url` for the superBudget of the person `id`, with `headers`.
+pub async fn ask(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[String],
+    id: &str,
+) -> anyhow::Result<Value> {
+    let mut request = client
+        .post(url)
+        .json(&json!({ "query": SUPER_BUDGET, "variables": { "id": id } }));
+    for h in headers {
+        if let Some((name, value)) = h.split_once(": ") {
+            request = request.header(name, value);
+        }
+    }
+    Ok(request.send().await?.json().await?)
 }
 
 /// Creates a fresh database on the PostgreSQL server at `base`; returns its URL.
@@ -236,7 +246,7 @@ pub async fn ilf_extract(
 /// work now, once. On SQLite the log the sync left is copied back into the file
 /// (`wal_checkpoint(TRUNCATE)`), where the hub's background checkpointer would otherwise copy
 /// it during the first served run. Returns the seconds it took and what it did.
-async fn settle(database_url: &str) -> anyhow::Result<(f64, String)> {
+pub async fn settle(database_url: &str) -> anyhow::Result<(f64, String)> {
     let t = Instant::now();
     let db = tributary::db::connect(&DatabaseSettings {
         url: database_url.to_owned(),
@@ -485,6 +495,37 @@ pub async fn backend_suite(
         "polled every 50 ms through the closed-loop and constant-rate runs",
     );
     hub.stop().await?;
+    if args.instructions || !args.quick {
+        let queries = if args.quick { (20, 220) } else { (50, 550) };
+        let counted =
+            crate::instructions::served(&args.hub, &config, dir, secret, &headers, &ids, queries)
+                .await;
+        let (value, note) = match counted {
+            Ok(c) => (
+                Some(c.per_query),
+                format!(
+                    "valgrind's callgrind: the hub's instructions over two runs on this store \
+                     ({} and {} queries, one at a time), their difference over {} queries; the \
+                     hub's own code only, not the kernel's work for it (see the kernel rows). \
+                     One at a time, each query is an audit group and a store view of its own, \
+                     which under load are shared: more than a query under load costs, and the \
+                     same from run to run, so a change to the hub shows here",
+                    c.queries.0,
+                    c.queries.1,
+                    c.queries.1 - c.queries.0
+                ),
+            ),
+            Err(e) => (None, format!("not measured: {e:#}")),
+        };
+        report.info(
+            "cpu",
+            "hub instructions per query, served from snapshots",
+            b,
+            value,
+            "instructions",
+            note,
+        );
+    }
 
     // The live fan-out: nothing cached, every live partner 50 ms away.
     config.cache_ttl_secs = 0;

@@ -1,0 +1,133 @@
+//! The instructions the hub executes for one query served from snapshots, counted by
+//! valgrind's callgrind: a figure the machine's noise cannot move.
+//!
+//! On the virtual machine the benchmark was built on, one binary's CPU a query moved by a
+//! third between runs, and a change worth 5% could not be seen in it. Instructions executed do
+//! not depend on the machine's other tenants: they show such a change (in the hub's own code;
+//! the kernel's work for its system calls is not counted, and the kernel-count rows stand for
+//! that). The hub runs under callgrind twice over the same store, asked a few queries and then
+//! many more, and each run's total is read when it exits: the difference over the difference
+//! in queries leaves out starting and stopping, which both runs share. Each run starts from
+//! the store settled, as the served runs do.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::hub::{self, Hub, HubConfig};
+use crate::served::ask;
+
+/// What the hub ran for one query, counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted {
+    /// Instructions a query.
+    pub per_query: f64,
+    /// Queries in the shorter run and in the longer.
+    pub queries: (usize, usize),
+}
+
+/// Counts the instructions of a query served from snapshots: the hub (`binary`) configured as
+/// `config` (on a port of its own), asked for `ids` in turn, one query at a time.
+pub async fn served(
+    binary: &Path,
+    config: &HubConfig,
+    dir: &Path,
+    secret: &str,
+    headers: &[String],
+    ids: &[String],
+    queries: (usize, usize),
+) -> anyhow::Result<Counted> {
+    anyhow::ensure!(
+        queries.1 > queries.0,
+        "the longer run must ask more queries"
+    );
+    let few = run(binary, config, dir, secret, headers, ids, queries.0, "few").await?;
+    let many = run(binary, config, dir, secret, headers, ids, queries.1, "many").await?;
+    anyhow::ensure!(
+        many > few,
+        "the longer run counted {many} instructions, the shorter {few}"
+    );
+    Ok(Counted {
+        per_query: (many - few) as f64 / (queries.1 - queries.0) as f64,
+        queries,
+    })
+}
+
+/// One run under callgrind: the hub's whole life, `queries` answered; answers its total.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    binary: &Path,
+    config: &HubConfig,
+    dir: &Path,
+    secret: &str,
+    headers: &[String],
+    ids: &[String],
+    queries: usize,
+    name: &str,
+) -> anyhow::Result<u64> {
+    // Each run starts from a store with its log copied back (and on PostgreSQL vacuumed):
+    // otherwise the first would copy back what the runs before left, millions of
+    // instructions that the second would not repeat.
+    crate::served::settle(&config.database_url).await?;
+    let mut config = config.clone();
+    config.port = hub::free_port()?;
+    let file = hub::write_file(dir, &format!("callgrind-{name}.toml"), &config.toml())?;
+    let out = dir.join(format!("callgrind-{name}.out"));
+    let mut command = tokio::process::Command::new("valgrind");
+    command
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(binary);
+    let log = dir.join(format!("callgrind-{name}.log"));
+    let hub = Hub::launch(
+        command,
+        &file,
+        secret,
+        config.port,
+        &log,
+        Duration::from_secs(180),
+    )
+    .await
+    .context("the hub did not start under valgrind (apt-get install valgrind)")?;
+    let client = reqwest::Client::new();
+    for id in ids.iter().cycle().take(queries) {
+        let answer = ask(&client, &hub.url, headers, id).await?;
+        anyhow::ensure!(
+            answer.get("errors").is_none(),
+            "the hub answered with errors: {}",
+            answer["errors"]
+        );
+    }
+    drop(client);
+    hub.interrupt(Duration::from_secs(60)).await?;
+    let text = std::fs::read_to_string(&out)
+        .with_context(|| format!("callgrind wrote no {}", out.display()))?;
+    total(&text).with_context(|| format!("no total in {}", out.display()))
+}
+
+/// The total of a callgrind output file (its `totals:` line, or `summary:` in older ones).
+fn total(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_total_is_read_from_either_line() {
+        assert_eq!(
+            total("events: Ir\nfl=x\n0 5\ntotals: 123456\n"),
+            Some(123_456)
+        );
+        assert_eq!(total("events: Ir\nsummary: 42\n"), Some(42));
+        assert_eq!(total("events: Ir\nfl=x\n0 5\n"), None);
+    }
+}
