@@ -27,23 +27,33 @@ pub struct Counted {
     pub queries: (usize, usize),
 }
 
-/// Counts the instructions of a query served from snapshots: the hub (`binary`) configured as
-/// `config` (on a port of its own), asked for `ids` in turn, one query at a time.
-pub async fn served(
-    binary: &Path,
-    config: &HubConfig,
-    dir: &Path,
-    secret: &str,
-    headers: &[String],
-    ids: &[String],
-    queries: (usize, usize),
-) -> anyhow::Result<Counted> {
+/// A hub to count, and what to ask it.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup<'a> {
+    /// The hub binary.
+    pub binary: &'a Path,
+    /// Its configuration (each run listens on a port of its own).
+    pub config: &'a HubConfig,
+    /// Where the runs' files go.
+    pub dir: &'a Path,
+    /// The secret its tokens are signed with.
+    pub secret: &'a str,
+    /// The headers each request carries.
+    pub headers: &'a [String],
+    /// The people asked about, in turn.
+    pub ids: &'a [String],
+}
+
+/// Counts the instructions of a query served from snapshots: the hub of `setup` asked for its
+/// people in turn, one query at a time, `queries.0` times in one run and `queries.1` in the
+/// other.
+pub async fn served(setup: Setup<'_>, queries: (usize, usize)) -> anyhow::Result<Counted> {
     anyhow::ensure!(
         queries.1 > queries.0,
         "the longer run must ask more queries"
     );
-    let few = run(binary, config, dir, secret, headers, ids, queries.0, "few").await?;
-    let many = run(binary, config, dir, secret, headers, ids, queries.1, "many").await?;
+    let few = run(setup, queries.0, "few").await?;
+    let many = run(setup, queries.1, "many").await?;
     anyhow::ensure!(
         many > few,
         "the longer run counted {many} instructions, the shorter {few}"
@@ -55,17 +65,15 @@ pub async fn served(
 }
 
 /// One run under callgrind: the hub's whole life, `queries` answered; answers its total.
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    binary: &Path,
-    config: &HubConfig,
-    dir: &Path,
-    secret: &str,
-    headers: &[String],
-    ids: &[String],
-    queries: usize,
-    name: &str,
-) -> anyhow::Result<u64> {
+async fn run(setup: Setup<'_>, queries: usize, name: &str) -> anyhow::Result<u64> {
+    let Setup {
+        binary,
+        config,
+        dir,
+        secret,
+        headers,
+        ids,
+    } = setup;
     // Each run starts from a store with its log copied back (and on PostgreSQL vacuumed):
     // otherwise the first would copy back what the runs before left, millions of
     // instructions that the second would not repeat.

@@ -497,9 +497,15 @@ pub async fn backend_suite(
     hub.stop().await?;
     if args.instructions || !args.quick {
         let queries = if args.quick { (20, 220) } else { (50, 550) };
-        let counted =
-            crate::instructions::served(&args.hub, &config, dir, secret, &headers, &ids, queries)
-                .await;
+        let setup = crate::instructions::Setup {
+            binary: &args.hub,
+            config: &config,
+            dir,
+            secret,
+            headers: &headers,
+            ids: &ids,
+        };
+        let counted = crate::instructions::served(setup, queries).await;
         let (value, note) = match counted {
             Ok(c) => (
                 Some(c.per_query),
