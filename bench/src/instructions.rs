@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::hub::{self, Hub, HubConfig};
+use crate::report::Report;
 use crate::served::ask;
 
 /// What the hub ran for one query, counted.
@@ -62,6 +63,42 @@ pub async fn served(setup: Setup<'_>, queries: (usize, usize)) -> anyhow::Result
         per_query: (many - few) as f64 / (queries.1 - queries.0) as f64,
         queries,
     })
+}
+
+/// Counts the instructions of a served query ([`served`]: 50 and 550 queries, or 20 and 220
+/// in a `quick` run) and reports them for `backend`, or why they could not be counted.
+pub async fn report_served(
+    setup: Setup<'_>,
+    quick: bool,
+    backend: Option<&str>,
+    report: &mut Report,
+) {
+    let queries = if quick { (20, 220) } else { (50, 550) };
+    let (value, note) = match served(setup, queries).await {
+        Ok(c) => (
+            Some(c.per_query),
+            format!(
+                "valgrind's callgrind: the hub's instructions over two runs on this store \
+                 ({} and {} queries, one at a time), their difference over {} queries; the \
+                 hub's own code only, not the kernel's work for it (see the kernel rows). \
+                 One at a time, each query is an audit group and a store view of its own, \
+                 which under load are shared: more than a query under load costs, and the \
+                 same from run to run, so a change to the hub shows here",
+                c.queries.0,
+                c.queries.1,
+                c.queries.1 - c.queries.0
+            ),
+        ),
+        Err(e) => (None, format!("not measured: {e:#}")),
+    };
+    report.info(
+        "cpu",
+        "hub instructions per query, served from snapshots",
+        backend,
+        value,
+        "instructions",
+        note,
+    );
 }
 
 /// One run under callgrind: the hub's whole life, `queries` answered; answers its total.

@@ -116,6 +116,14 @@ pub fn activity(pid: u32) -> Option<Activity> {
     })
 }
 
+/// What a process asked of the kernel since `before` (its [`activity`] then); `None` where
+/// either reading is missing.
+pub fn activity_since(pid: u32, before: Option<Activity>) -> Option<Activity> {
+    activity(pid)
+        .zip(before)
+        .map(|(after, before)| after.since(&before))
+}
+
 /// `syscr` and `syscw` of a `/proc/<pid>/io` text.
 fn io_calls(io: &str) -> Option<(u64, u64)> {
     let field = |name: &str| -> Option<u64> {

@@ -389,9 +389,7 @@ pub async fn backend_suite(
     )
     .await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
-    let calls = procstat::activity(hub.pid)
-        .zip(calls_before)
-        .map(|(after, before)| after.since(&before));
+    let calls = procstat::activity_since(hub.pid, calls_before);
     let own_after = procstat::own();
     let server_cpu = procstat::cpu_of_named("postgres") - server_before;
     let partner_calls = total_hits(sandboxes) - hits_before;
@@ -496,7 +494,6 @@ pub async fn backend_suite(
     );
     hub.stop().await?;
     if args.instructions || !args.quick {
-        let queries = if args.quick { (20, 220) } else { (50, 550) };
         let setup = crate::instructions::Setup {
             binary: &args.hub,
             config: &config,
@@ -505,32 +502,7 @@ pub async fn backend_suite(
             headers: &headers,
             ids: &ids,
         };
-        let counted = crate::instructions::served(setup, queries).await;
-        let (value, note) = match counted {
-            Ok(c) => (
-                Some(c.per_query),
-                format!(
-                    "valgrind's callgrind: the hub's instructions over two runs on this store \
-                     ({} and {} queries, one at a time), their difference over {} queries; the \
-                     hub's own code only, not the kernel's work for it (see the kernel rows). \
-                     One at a time, each query is an audit group and a store view of its own, \
-                     which under load are shared: more than a query under load costs, and the \
-                     same from run to run, so a change to the hub shows here",
-                    c.queries.0,
-                    c.queries.1,
-                    c.queries.1 - c.queries.0
-                ),
-            ),
-            Err(e) => (None, format!("not measured: {e:#}")),
-        };
-        report.info(
-            "cpu",
-            "hub instructions per query, served from snapshots",
-            b,
-            value,
-            "instructions",
-            note,
-        );
+        crate::instructions::report_served(setup, args.quick, b, report).await;
     }
 
     // The live fan-out: nothing cached, every live partner 50 ms away.
@@ -602,9 +574,7 @@ pub async fn backend_suite(
     )
     .await?;
     let after = procstat::read(hub.pid).unwrap_or_default();
-    let calls = procstat::activity(hub.pid)
-        .zip(calls_before)
-        .map(|(after, before)| after.since(&before));
+    let calls = procstat::activity_since(hub.pid, calls_before);
     let fanout_cpu = (after.cpu_secs - before.cpu_secs) / busy.ok.max(1) as f64 * 1e6;
     report.target(
         "cpu",
