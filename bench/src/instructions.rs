@@ -43,6 +43,10 @@ pub struct Setup<'a> {
     pub headers: &'a [String],
     /// The people asked about, in turn.
     pub ids: &'a [String],
+    /// Where the two runs' callgrind files are kept (`<keep>-few.out` and `<keep>-many.out`),
+    /// for `callgrind_annotate` to show where the instructions go; a function's count in the
+    /// longer less the shorter is its share of the queries, without start-up.
+    pub keep: &'a Path,
 }
 
 /// Counts the instructions of a query served from snapshots: the hub of `setup` asked for its
@@ -55,6 +59,14 @@ pub async fn served(setup: Setup<'_>, queries: (usize, usize)) -> anyhow::Result
     );
     let few = run(setup, queries.0, "few").await?;
     let many = run(setup, queries.1, "many").await?;
+    if let Some(parent) = setup.keep.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    for name in ["few", "many"] {
+        let kept = kept(setup.keep, name);
+        std::fs::copy(setup.dir.join(format!("callgrind-{name}.out")), &kept)
+            .with_context(|| format!("keeping the profile as {}", kept.display()))?;
+    }
     anyhow::ensure!(
         many > few,
         "the longer run counted {many} instructions, the shorter {few}"
@@ -83,10 +95,19 @@ pub async fn report_served(
                  hub's own code only, not the kernel's work for it (see the kernel rows). \
                  One at a time, each query is an audit group and a store view of its own, \
                  which under load are shared: more than a query under load costs, and the \
-                 same from run to run, so a change to the hub shows here",
+                 same from run to run, so a change to the hub shows here; the runs' profiles \
+                 are {} and {} (callgrind_annotate shows where the instructions go)",
                 c.queries.0,
                 c.queries.1,
-                c.queries.1 - c.queries.0
+                c.queries.1 - c.queries.0,
+                kept(setup.keep, "few")
+                    .file_name()
+                    .unwrap_or_default()
+                    .display(),
+                kept(setup.keep, "many")
+                    .file_name()
+                    .unwrap_or_default()
+                    .display(),
             ),
         ),
         Err(e) => (None, format!("not measured: {e:#}")),
@@ -101,6 +122,13 @@ pub async fn report_served(
     );
 }
 
+/// Where the `name` run's callgrind file is kept.
+fn kept(keep: &Path, name: &str) -> std::path::PathBuf {
+    let mut file = keep.as_os_str().to_owned();
+    file.push(format!("-{name}.out"));
+    file.into()
+}
+
 /// One run under callgrind: the hub's whole life, `queries` answered; answers its total.
 async fn run(setup: Setup<'_>, queries: usize, name: &str) -> anyhow::Result<u64> {
     let Setup {
@@ -110,6 +138,7 @@ async fn run(setup: Setup<'_>, queries: usize, name: &str) -> anyhow::Result<u64
         secret,
         headers,
         ids,
+        keep: _,
     } = setup;
     // Each run starts from a store with its log copied back (and on PostgreSQL vacuumed):
     // otherwise the first would copy back what the runs before left, millions of

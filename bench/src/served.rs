@@ -494,6 +494,7 @@ pub async fn backend_suite(
     );
     hub.stop().await?;
     if args.instructions || !args.quick {
+        let keep = args.out.join(format!("callgrind-served-{backend}"));
         let setup = crate::instructions::Setup {
             binary: &args.hub,
             config: &config,
@@ -501,6 +502,7 @@ pub async fn backend_suite(
             secret,
             headers: &headers,
             ids: &ids,
+            keep: &keep,
         };
         crate::instructions::report_served(setup, args.quick, b, report).await;
     }
