@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, Selection, SelectionSet,
 };
+use async_graphql::{ServerError, ValidationResult};
 use futures::StreamExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -138,23 +140,24 @@ pub fn aliases(document: &ExecutableDocument) -> usize {
 #[derive(Debug, Default)]
 pub struct DocumentCache(std::sync::Mutex<HashMap<String, Arc<Parsed>>>);
 
-/// A parsed query text, and whether the schema's full validation has already passed it.
+/// A parsed query text, and what the schema's validation found when it passed it.
 ///
 /// GraphQL's validation rules are the schema's checks of the document: fields, fragments,
 /// variables' declared types and positions, literal arguments. All but one depend on the
 /// document alone; the one that also reads the variables' values (arguments of the correct
 /// type) is repeated anyway when a resolver reads its arguments, which refuses a bad value with
-/// a typed error. So a query text the full rules passed once is run with only the limits'
-/// checks (depth, complexity, fragment cycles) after that: about a twelfth of the hub's CPU on
-/// a budget served from snapshots. Only queries without directives take this path: a
-/// mutation's arguments are always checked before anything runs, and a directive's variable
-/// (`@skip(if: $x)`) is read where no resolver would check it.
+/// a typed error. The limits' figures (depth, complexity, cache control) depend on the document
+/// alone too, as no field of this schema computes its complexity from its arguments (a test
+/// holds that). So a query text the validation passed once is not validated again: its result
+/// is answered from here ([`ValidatedBefore`]). Only queries without directives take this
+/// path: a mutation's arguments are always checked before anything runs, and a directive's
+/// variable (`@skip(if: $x)`) is read where no resolver would check it.
 #[derive(Debug)]
 pub struct Parsed {
     document: ExecutableDocument,
     /// A query operation only, with no directive anywhere (the text has no `@`).
     eligible: bool,
-    validated: std::sync::atomic::AtomicBool,
+    validated: std::sync::OnceLock<ValidationResult>,
 }
 
 impl Parsed {
@@ -175,18 +178,53 @@ impl Parsed {
         &self.document
     }
 
-    /// Whether the full validation passed this text before (and it may be skipped now).
-    pub fn validated(&self) -> bool {
-        self.eligible && self.validated.load(std::sync::atomic::Ordering::Acquire)
+    /// What the validation found when it passed this text before, if it did (and the text may
+    /// skip it).
+    pub fn validated(&self) -> Option<ValidationResult> {
+        self.validated.get().copied().filter(|_| self.eligible)
     }
 
-    /// Notes the outcome of a run under the full validation: passed when no error is the
-    /// request's own (each names the field it came from; validation's name none).
-    pub fn note_validated(&self, response: &async_graphql::Response) {
-        if self.eligible && response.errors.iter().all(|e| !e.path.is_empty()) {
-            self.validated
-                .store(true, std::sync::atomic::Ordering::Release);
+    /// Keeps what the validation found when it passed this text.
+    pub fn note_validated(&self, result: ValidationResult) {
+        if self.eligible {
+            // Another request may have kept the same text's result first: the same figures.
+            let _ = self.validated.set(result);
         }
+    }
+}
+
+/// The schema extension that validates a query text once: a request that carries its
+/// [`Parsed`] text (as request data) answers the validation from it when the text passed
+/// before, and keeps the result when it passes now. Validation was about a tenth of the
+/// hub's instructions for a budget served from snapshots.
+#[derive(Default)]
+pub struct ValidatedBefore(Arc<ValidatedBeforeExtension>);
+
+#[derive(Default)]
+struct ValidatedBeforeExtension;
+
+impl ExtensionFactory for ValidatedBefore {
+    fn create(&self) -> Arc<dyn Extension> {
+        self.0.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for ValidatedBeforeExtension {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let parsed = ctx.data_opt::<Arc<Parsed>>();
+        if let Some(result) = parsed.and_then(|p| p.validated()) {
+            return Ok(result);
+        }
+        let result = next.run(ctx).await?;
+        if let Some(parsed) = parsed {
+            parsed.note_validated(result);
+        }
+        Ok(result)
     }
 }
 
@@ -321,33 +359,29 @@ mod tests {
         assert!(cache.len() <= before, "an over-long text is not kept");
     }
 
-    #[test]
-    fn only_a_query_text_without_directives_that_passed_skips_the_rules_after() {
-        let cache = DocumentCache::default();
-        let passed = || async_graphql::Response::new(async_graphql::Value::Null);
-        let mut field_error = passed();
-        field_error.errors.push(async_graphql::ServerError {
-            path: vec![async_graphql::PathSegment::Field("person".into())],
-            ..async_graphql::ServerError::new("no person has that id", None)
-        });
-        let mut refused = passed();
-        refused
-            .errors
-            .push(async_graphql::ServerError::new("Unknown field", None));
+    fn passed() -> ValidationResult {
+        ValidationResult {
+            cache_control: Default::default(),
+            complexity: 3,
+            depth: 2,
+        }
+    }
 
+    #[test]
+    fn only_a_query_text_without_directives_keeps_what_the_validation_found() {
+        let cache = DocumentCache::default();
         let query = cache
             .parse("query($id: ID!) { person(id: $id) { id } }")
             .unwrap();
-        assert!(!query.validated(), "nothing has run yet");
-        query.note_validated(&refused);
-        assert!(!query.validated(), "the rules refused it");
-        query.note_validated(&field_error);
-        assert!(query.validated(), "the rules passed it; a field failed");
+        assert!(query.validated().is_none(), "nothing has run yet");
+        query.note_validated(passed());
+        assert_eq!(query.validated().map(|r| r.complexity), Some(3));
         assert!(
             cache
                 .parse("query($id: ID!) { person(id: $id) { id } }")
                 .unwrap()
-                .validated(),
+                .validated()
+                .is_some(),
             "the same text, from the cache"
         );
         for text in [
@@ -356,9 +390,76 @@ mod tests {
             "query A { fundingStreams { id } } mutation B { x }",
         ] {
             let other = cache.parse(text).unwrap();
-            other.note_validated(&passed());
-            assert!(!other.validated(), "{text}");
+            other.note_validated(passed());
+            assert!(other.validated().is_none(), "{text}");
         }
+    }
+
+    /// Runs `parsed` on a schema with `ValidatedBefore` whose complexity limit is
+    /// `max_complexity`; answers the messages of the errors that are not a field's (the
+    /// validation's; the fields fail, as no caller is set).
+    async fn run(parsed: &Arc<Parsed>, max_complexity: usize) -> Vec<String> {
+        let limits = LimitSettings {
+            max_complexity,
+            ..LimitSettings::default()
+        };
+        let schema = crate::graphql::schema_builder(&limits)
+            .extension(ValidatedBefore::default())
+            .finish();
+        let mut request = async_graphql::Request::new("unused");
+        request.set_parsed_query(parsed.document().clone());
+        let response = schema.execute(request.data(parsed.clone())).await;
+        response
+            .errors
+            .into_iter()
+            .filter(|e| e.path.is_empty())
+            .map(|e| e.message)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_text_the_validation_passed_is_not_validated_again() {
+        let text = "{ a: fundingStreams { id } b: fundingStreams { id } }";
+        let cache = DocumentCache::default();
+        let first = cache.parse(text).unwrap();
+        // Validated now, under a limit it passes: what it found is kept.
+        assert_eq!(run(&first, 100).await, Vec::<String>::new());
+        let kept = first.validated().expect("the result was kept");
+        assert!(kept.complexity > 1, "{}", kept.complexity);
+        // The same text again is answered from what was kept: a schema whose limit it would
+        // now fail does not validate it again.
+        assert_eq!(run(&first, 1).await, Vec::<String>::new());
+        // Where it was not passed before, that schema validates it and refuses it.
+        let fresh = Arc::new(Parsed::new(
+            text,
+            async_graphql::parser::parse_query(text).unwrap(),
+        ));
+        assert_eq!(
+            run(&fresh, 1).await,
+            vec!["Query is too complex.".to_owned()]
+        );
+        assert!(fresh.validated().is_none(), "a refusal is not kept");
+    }
+
+    #[test]
+    fn no_field_computes_its_complexity_from_its_arguments() {
+        // What `Parsed` relies on to keep a text's complexity whatever its variables.
+        let mut registry = async_graphql::registry::Registry::default();
+        <crate::graphql::Query as async_graphql::OutputType>::create_type_info(&mut registry);
+        <crate::graphql::Mutation as async_graphql::OutputType>::create_type_info(&mut registry);
+        let computed: Vec<String> = registry
+            .types
+            .values()
+            .filter_map(|t| Some((t.name(), t.fields()?)))
+            .flat_map(|(ty, fields)| {
+                fields
+                    .values()
+                    .filter(|f| f.compute_complexity.is_some())
+                    .map(move |f| format!("{ty}.{}", f.name))
+            })
+            .collect();
+        assert!(registry.types.len() > 10, "{}", registry.types.len());
+        assert_eq!(computed, Vec::<String>::new());
     }
 
     #[test]

@@ -9,7 +9,6 @@ use actix_web::dev::Server;
 use actix_web::http::header;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
-use async_graphql::ValidationMode;
 use async_graphql::http::GraphiQLSource;
 use connectors::{Registry, Secrets, Shape};
 use sea_orm::DatabaseConnection;
@@ -26,8 +25,6 @@ pub const PURPOSE_HEADER: &str = "Tributary-Purpose";
 
 struct HttpState {
     schema: TributarySchema,
-    /// The same schema without the full validation, for query texts it has passed before.
-    checked_before: TributarySchema,
     auth: Arc<Authenticator>,
     db: DatabaseConnection,
     reader: crate::reader::Reader,
@@ -143,8 +140,7 @@ impl Application {
             },
         };
         let state = web::Data::new(HttpState {
-            schema: build_schema(app.clone(), dev, &settings.limits, ValidationMode::Strict),
-            checked_before: build_schema(app, dev, &settings.limits, ValidationMode::Fast),
+            schema: build_schema(app, dev, &settings.limits),
             auth: Arc::new(auth),
             db: db.clone(),
             reads: crate::audit::ReadRecorder::start(
@@ -333,19 +329,15 @@ async fn graphql(
         principal.clone(),
     ));
     let run = async |request: async_graphql::Request, parsed: Option<Arc<limits::Parsed>>| {
-        let request = request
+        let mut request = request
             .data(principal.clone())
             .data(crate::graphql::loaders::Loaders::new(&state.reader))
             .data(reads.clone());
-        match parsed {
-            Some(parsed) if parsed.validated() => state.checked_before.execute(request).await,
-            Some(parsed) => {
-                let response = state.schema.execute(request).await;
-                parsed.note_validated(&response);
-                response
-            }
-            None => state.schema.execute(request).await,
+        // Its text, for the validation to be answered from when it passed before.
+        if let Some(parsed) = parsed {
+            request = request.data(parsed);
         }
+        state.schema.execute(request).await
     };
     let batched = matches!(batch, async_graphql::BatchRequest::Batch(_));
     let mut parsed = parsed.into_iter();

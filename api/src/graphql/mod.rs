@@ -62,15 +62,12 @@ pub fn schema_builder(limits: &LimitSettings) -> SchemaBuilder<Query, Mutation, 
         .limit_recursive_depth(32)
 }
 
-/// The schema a server serves. `ValidationMode::Fast` keeps only the limits' checks; the
-/// server uses it for query texts the full rules have already passed (see `limits::Parsed`).
-pub fn build_schema(
-    app: AppContext,
-    dev: bool,
-    limits: &LimitSettings,
-    mode: async_graphql::ValidationMode,
-) -> TributarySchema {
-    let mut builder = schema_builder(limits).data(app).validation_mode(mode);
+/// The schema a server serves: a query text it has validated before is not validated again
+/// (see `limits::Parsed`).
+pub fn build_schema(app: AppContext, dev: bool, limits: &LimitSettings) -> TributarySchema {
+    let mut builder = schema_builder(limits)
+        .data(app)
+        .extension(crate::limits::ValidatedBefore::default());
     if !dev {
         builder = builder.disable_introspection().disable_suggestions();
     }
