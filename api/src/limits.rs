@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
 use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, Selection, SelectionSet,
+    DocumentOperations, ExecutableDocument, Field, Selection, SelectionSet,
 };
 use async_graphql::{ServerError, ValidationResult};
 use futures::StreamExt;
@@ -96,40 +96,56 @@ pub fn is_json(content_type: Option<&str>) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Aliases a selection set runs: a fragment counts once for every spread of it, so a fragment
-/// cannot multiply aliases past the limit. Recursion through fragments is bounded.
-fn count_aliases(set: &SelectionSet, document: &ExecutableDocument, depth: usize) -> usize {
+/// What `each` counts over the fields a selection set runs: a fragment counts once for every
+/// spread of it, so a fragment cannot multiply what is counted past a limit. Recursion through
+/// fragments is bounded.
+fn count_fields(
+    set: &SelectionSet,
+    document: &ExecutableDocument,
+    depth: usize,
+    each: &dyn Fn(&Field) -> usize,
+) -> usize {
     if depth > 32 {
         return usize::MAX / 4;
     }
     set.items
         .iter()
         .map(|selection| match &selection.node {
-            Selection::Field(field) => usize::from(field.node.alias.is_some()).saturating_add(
-                count_aliases(&field.node.selection_set.node, document, depth + 1),
-            ),
+            Selection::Field(field) => each(&field.node).saturating_add(count_fields(
+                &field.node.selection_set.node,
+                document,
+                depth + 1,
+                each,
+            )),
             Selection::InlineFragment(fragment) => {
-                count_aliases(&fragment.node.selection_set.node, document, depth + 1)
+                count_fields(&fragment.node.selection_set.node, document, depth + 1, each)
             }
             Selection::FragmentSpread(spread) => document
                 .fragments
                 .get(&spread.node.fragment_name.node)
                 .map_or(0, |f| {
-                    count_aliases(&f.node.selection_set.node, document, depth + 1)
+                    count_fields(&f.node.selection_set.node, document, depth + 1, each)
                 }),
         })
         .fold(0, usize::saturating_add)
 }
 
-/// Aliases a whole document runs, fragments expanded where they are spread.
-pub fn aliases(document: &ExecutableDocument) -> usize {
+/// What `each` counts over a whole document, fragments expanded where they are spread.
+fn count_document(document: &ExecutableDocument, each: &dyn Fn(&Field) -> usize) -> usize {
     match &document.operations {
-        DocumentOperations::Single(op) => count_aliases(&op.node.selection_set.node, document, 0),
+        DocumentOperations::Single(op) => {
+            count_fields(&op.node.selection_set.node, document, 0, each)
+        }
         DocumentOperations::Multiple(ops) => ops
             .values()
-            .map(|op| count_aliases(&op.node.selection_set.node, document, 0))
+            .map(|op| count_fields(&op.node.selection_set.node, document, 0, each))
             .fold(0, usize::saturating_add),
     }
+}
+
+/// Aliases a whole document runs, fragments expanded where they are spread.
+pub fn aliases(document: &ExecutableDocument) -> usize {
+    count_document(document, &|field| usize::from(field.alias.is_some()))
 }
 
 /// Parsed queries by their text. Clients send the same few query texts over and over (a
@@ -158,6 +174,8 @@ pub struct Parsed {
     /// A query operation only, with no directive anywhere (the text has no `@`).
     eligible: bool,
     validated: std::sync::OnceLock<ValidationResult>,
+    /// How many superBudget fields it runs, fragments expanded.
+    budgets: usize,
 }
 
 impl Parsed {
@@ -166,11 +184,21 @@ impl Parsed {
             .operations
             .iter()
             .all(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Query);
+        let budgets = count_document(&document, &|field| {
+            usize::from(field.name.node.as_str() == "superBudget")
+        });
         Self {
             document,
             eligible: queries_only && !text.contains('@'),
             validated: Default::default(),
+            budgets,
         }
+    }
+
+    /// How many superBudget fields the text runs (a fragment once for every spread of it):
+    /// where there is one, no other answer is merged into its answer (see `budget_answer`).
+    pub fn budgets(&self) -> usize {
+        self.budgets
     }
 
     /// The document.
@@ -460,6 +488,35 @@ mod tests {
             .collect();
         assert!(registry.types.len() > 10, "{}", registry.types.len());
         assert_eq!(computed, Vec::<String>::new());
+    }
+
+    #[test]
+    fn budget_fields_are_counted_through_nesting_and_fragments() {
+        let cache = DocumentCache::default();
+        let budgets = |text: &str| cache.parse(text).unwrap().budgets();
+        assert_eq!(
+            budgets("query($id: ID!) { person(id: $id) { superBudget { gross { amount } } } }"),
+            1
+        );
+        assert_eq!(budgets("{ fundingStreams { id } }"), 0);
+        assert_eq!(
+            budgets(
+                "query($id: ID!) { person(id: $id) { superBudget { net { amount } } b: superBudget { gross { amount } } } }"
+            ),
+            2
+        );
+        assert_eq!(
+            budgets(
+                "query($id: ID!) { a: person(id: $id) { ...P } b: person(id: $id) { ...P } } fragment P on Person { superBudget { net { amount } } }"
+            ),
+            2
+        );
+        assert_eq!(
+            budgets(
+                "query($id: ID!) { person(id: $id) { ... on Person { superBudget { net { amount } } } } }"
+            ),
+            1
+        );
     }
 
     #[test]

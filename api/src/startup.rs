@@ -375,13 +375,23 @@ async fn graphql(
         errors += response.errors.len();
     }
     tracing::info!(request_id = %request_id, role = %role, errors, "graphql request");
-    let mut reply = HttpResponse::Ok();
-    reply.insert_header(("x-request-id", request_id));
-    if !batched {
-        reply.json(&responses[0])
+    // Written by `respond`, which places a budget the walk wrote as JSON as it is.
+    let mut body = Vec::with_capacity(16 * 1024);
+    let written = if batched {
+        crate::graphql::respond::write_batch(&mut body, &responses)
     } else {
-        reply.json(&responses)
+        crate::graphql::respond::write_response(&mut body, &responses[0])
+    };
+    if let Err(e) = written {
+        let e = ApiError::internal(anyhow::anyhow!("{e}"), "writing the answer");
+        return HttpResponse::InternalServerError()
+            .insert_header(("x-request-id", request_id.clone()))
+            .json(error_body(&e, &request_id));
     }
+    HttpResponse::Ok()
+        .insert_header(("x-request-id", request_id))
+        .content_type("application/json")
+        .body(body)
 }
 
 async fn live() -> HttpResponse {

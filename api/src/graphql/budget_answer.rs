@@ -1,23 +1,26 @@
-//! The superBudget answer built in one pass over the query's selection set.
+//! The superBudget answer written as JSON in one pass over the query's selection set.
 //!
 //! A budget is plain data once assembled, yet async-graphql's derived resolvers give each of its
 //! fields a boxed future, a task in a `FuturesUnordered` and a nested container for every `Money`:
 //! a portal's budget query resolves about two hundred fields that way, and profiles of the
 //! snapshot-served query put that machinery above a third of the hub's CPU. [`BudgetAnswer`]
 //! walks the selection set instead (fragments, aliases, `__typename`, repeated fields merged as
-//! async-graphql merges them) and writes the same `Value` the derived resolvers would. The
-//! GraphQL types stay the derived ones in `budget.rs`: the schema registers them, and whatever the
-//! walk does not answer (`Award.planItems`, which reads the plan, or a directive other than
-//! `@skip`/`@include`, which async-graphql has already applied) falls back to them whole, so both
-//! paths always answer the same query. A test compares the two over every field.
+//! GraphQL merges them) and writes the JSON the derived resolvers' `Value` would serialise to,
+//! straight to bytes (see `respond` for how the server places them). The GraphQL types stay the
+//! derived ones in `budget.rs`: the schema registers them, and whatever the walk does not answer
+//! (`Award.planItems`, which reads the plan, or any directive or argument, which async-graphql
+//! applies) falls back to them whole, so both paths always answer the same query. A test
+//! compares the two over every field.
 //!
 //! The walk reads the query through `Context::item` and `QueryEnv::fragments`, which
 //! async-graphql marks `doc(hidden)` but keeps public for the code its macros generate.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
 
-use async_graphql::indexmap::IndexMap;
 use async_graphql::parser::types::{Field, FragmentDefinition, Selection, SelectionSet};
 use async_graphql::registry::Registry;
 use async_graphql::resolver_utils::enum_value;
@@ -26,7 +29,8 @@ use async_graphql::{
 };
 
 use super::budget::{SourceRecord, SuperBudget, rfc3339};
-use super::scalars::{Date, Decimal2, GBP};
+use super::respond::{json_name, json_str, write_value};
+use super::scalars::{Date, GBP, write_pounds};
 use crate::budget::assemble::{AwardView, BudgetView, StreamView, Warning};
 use crate::budget::period::to_pounds;
 
@@ -47,60 +51,121 @@ impl OutputType for BudgetAnswer {
         ctx: &ContextSelectionSet<'_>,
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        let walk = Walk {
-            fragments: &ctx.query_env.fragments,
-        };
-        match walk.object(&self.0.0, ctx.item) {
-            Some(value) => Ok(value),
-            None => OutputType::resolve(&self.0, ctx, field).await,
+        let mut json = Vec::with_capacity(8 * 1024);
+        let walked = Walk::new(&ctx.query_env.fragments)
+            .object(&self.0.0, &[ctx.item], &mut json)
+            .is_some();
+        if walked {
+            // The JSON goes out as written where no other answer can be merged into it: the
+            // query text asks for one budget (see `limits::Parsed::budgets`). Otherwise it is
+            // read back as a `Value`, for async-graphql to merge as it merges any answer.
+            let sole = ctx
+                .data_opt::<Arc<crate::limits::Parsed>>()
+                .is_some_and(|p| p.budgets() == 1);
+            if sole {
+                return Ok(Value::Binary(json.into()));
+            }
+            if let Ok(value) = serde_json::from_slice(&json) {
+                return Ok(value);
+            }
         }
+        OutputType::resolve(&self.0, ctx, field).await
     }
 }
 
-/// The query's named fragments, for spreads met on the way down.
+/// The query's named fragments, for spreads met on the way down, and the plans made so far.
 struct Walk<'q> {
     fragments: &'q HashMap<Name, Positioned<FragmentDefinition>>,
+    /// Each type's plan for the selection sets it was made for: every award's `amount` (say)
+    /// selects the same set, planned once.
+    plans: RefCell<Vec<Planned<'q>>>,
+}
+
+/// A plan, with the type and the selection sets it is for.
+struct Planned<'q> {
+    ty: &'static str,
+    sets: Vec<&'q Positioned<SelectionSet>>,
+    plan: Rc<[Group<'q>]>,
+}
+
+/// One key of an object's answer: the field it answers and every selection set below it (a
+/// field asked for more than once under one key is answered once, its selections merged).
+struct Group<'q> {
+    key: &'q str,
+    name: &'q str,
+    sets: Vec<&'q Positioned<SelectionSet>>,
 }
 
 /// A budget type the walk answers.
 trait Answer {
     /// Its GraphQL type name, for `__typename` and fragments' type conditions.
     const TYPE: &'static str;
-    /// The value of its field `name`, selecting `set` below it; `None` where the walk does not
-    /// answer that field and the derived resolvers must.
-    fn field(&self, name: &str, set: &Positioned<SelectionSet>, walk: &Walk<'_>) -> Option<Value>;
+    /// Writes the value of its field `name`, selecting `sets` below it; `None` where the walk
+    /// does not answer that field and the derived resolvers must.
+    fn field<'q>(
+        &self,
+        name: &str,
+        sets: &[&'q Positioned<SelectionSet>],
+        walk: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()>;
 }
 
 impl<T: Answer + ?Sized> Answer for &T {
     const TYPE: &'static str = T::TYPE;
-    fn field(&self, name: &str, set: &Positioned<SelectionSet>, walk: &Walk<'_>) -> Option<Value> {
-        (**self).field(name, set, walk)
+    fn field<'q>(
+        &self,
+        name: &str,
+        sets: &[&'q Positioned<SelectionSet>],
+        walk: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        (**self).field(name, sets, walk, out)
     }
 }
 
-impl Walk<'_> {
-    /// `value`'s fields that `set` selects, in the order the query asks for them; `None` where
-    /// any of them is not the walk's to answer.
-    fn object<T: Answer + ?Sized>(
-        &self,
-        value: &T,
-        set: &Positioned<SelectionSet>,
-    ) -> Option<Value> {
-        let mut out = IndexMap::with_capacity(set.node.items.len());
-        self.collect(value, set, &mut out)?;
-        // As async-graphql: a selection left empty by @skip answers null.
-        Some(if out.is_empty() {
-            Value::Null
-        } else {
-            Value::Object(out)
-        })
+impl<'q> Walk<'q> {
+    fn new(fragments: &'q HashMap<Name, Positioned<FragmentDefinition>>) -> Self {
+        Self {
+            fragments,
+            plans: RefCell::default(),
+        }
     }
 
-    fn collect<T: Answer + ?Sized>(
+    /// The keys `sets` select on an object of type `ty`, in the order the query first asks
+    /// for them; `None` where any of them is not the walk's to answer.
+    fn plan(
         &self,
-        value: &T,
-        set: &Positioned<SelectionSet>,
-        out: &mut IndexMap<Name, Value>,
+        ty: &'static str,
+        sets: &[&'q Positioned<SelectionSet>],
+    ) -> Option<Rc<[Group<'q>]>> {
+        // The same sets of the query (compared by address) for the same type.
+        let same = |p: &Planned<'q>| {
+            p.sets.len() == sets.len()
+                && p.sets.iter().zip(sets).all(|(a, b)| std::ptr::eq(*a, *b))
+                && p.ty == ty
+        };
+        if let Some(planned) = self.plans.borrow().iter().find(|p| same(p)) {
+            return Some(planned.plan.clone());
+        }
+        let mut groups = Vec::with_capacity(sets.first().map_or(0, |s| s.node.items.len()));
+        for set in sets {
+            self.collect(ty, set, &mut groups)?;
+        }
+        let plan: Rc<[Group<'q>]> = groups.into();
+        self.plans.borrow_mut().push(Planned {
+            ty,
+            sets: sets.to_vec(),
+            plan: plan.clone(),
+        });
+        Some(plan)
+    }
+
+    fn collect(
+        &self,
+        ty: &str,
+        set: &'q Positioned<SelectionSet>,
+        groups: &mut Vec<Group<'q>>,
     ) -> Option<()> {
         for selection in &set.node.items {
             match &selection.node {
@@ -109,23 +174,25 @@ impl Walk<'_> {
                     if !field.directives.is_empty() || !field.arguments.is_empty() {
                         return None;
                     }
-                    let name = field.name.node.as_str();
-                    let answer = if name == "__typename" {
-                        Value::String(T::TYPE.to_owned())
-                    } else {
-                        value.field(name, &field.selection_set, self)?
-                    };
-                    merge(out, field.response_key().node.clone(), answer);
+                    let key = field.response_key().node.as_str();
+                    match groups.iter_mut().find(|g| g.key == key) {
+                        Some(group) => group.sets.push(&field.selection_set),
+                        None => groups.push(Group {
+                            key,
+                            name: field.name.node.as_str(),
+                            sets: vec![&field.selection_set],
+                        }),
+                    }
                 }
                 Selection::FragmentSpread(spread) => {
                     if !spread.node.directives.is_empty() {
                         return None;
                     }
                     let fragment = self.fragments.get(&spread.node.fragment_name.node)?;
-                    if fragment.node.type_condition.node.on.node.as_str() != T::TYPE {
+                    if fragment.node.type_condition.node.on.node.as_str() != ty {
                         return None;
                     }
-                    self.collect(value, &fragment.node.selection_set, out)?;
+                    self.collect(ty, &fragment.node.selection_set, groups)?;
                 }
                 Selection::InlineFragment(inline) => {
                     if !inline.node.directives.is_empty() {
@@ -135,72 +202,101 @@ impl Walk<'_> {
                         .node
                         .type_condition
                         .as_ref()
-                        .is_none_or(|c| c.node.on.node.as_str() == T::TYPE);
+                        .is_none_or(|c| c.node.on.node.as_str() == ty);
                     if !applies {
                         return None;
                     }
-                    self.collect(value, &inline.node.selection_set, out)?;
+                    self.collect(ty, &inline.node.selection_set, groups)?;
                 }
             }
         }
         Some(())
     }
 
+    /// Writes `value`'s fields that `sets` select.
+    fn object<T: Answer + ?Sized>(
+        &self,
+        value: &T,
+        sets: &[&'q Positioned<SelectionSet>],
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        let plan = self.plan(T::TYPE, sets)?;
+        self.write(value, &plan, out)
+    }
+
+    /// Writes `value`'s answer to the keys of `plan`.
+    fn write<T: Answer + ?Sized>(
+        &self,
+        value: &T,
+        plan: &[Group<'q>],
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        // As async-graphql: a selection with nothing left to answer is null.
+        if plan.is_empty() {
+            out.extend_from_slice(b"null");
+            return Some(());
+        }
+        out.push(b'{');
+        for (i, group) in plan.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_name(out, group.key);
+            out.push(b':');
+            if group.name == "__typename" {
+                json_str(out, T::TYPE);
+            } else {
+                value.field(group.name, &group.sets, self, out)?;
+            }
+        }
+        out.push(b'}');
+        Some(())
+    }
+
+    /// Writes each of `items`, the selection planned once for them all.
     fn list<T: Answer>(
         &self,
         items: impl IntoIterator<Item = T>,
-        set: &Positioned<SelectionSet>,
-    ) -> Option<Value> {
-        items
-            .into_iter()
-            .map(|item| self.object(&item, set))
-            .collect::<Option<Vec<_>>>()
-            .map(Value::List)
-    }
-
-    fn money(&self, pence: i128, set: &Positioned<SelectionSet>) -> Option<Value> {
-        self.object(&Money(to_pounds(pence)), set)
-    }
-}
-
-/// Puts `value` under `key`, merging it into an answer already there for the same key as
-/// async-graphql does (objects field by field, lists item by item).
-fn merge(target: &mut IndexMap<Name, Value>, key: Name, value: Value) {
-    use async_graphql::indexmap::map::Entry;
-    match target.entry(key) {
-        Entry::Vacant(slot) => {
-            slot.insert(value);
+        sets: &[&'q Positioned<SelectionSet>],
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        let plan = self.plan(T::TYPE, sets)?;
+        out.push(b'[');
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            self.write(&item, &plan, out)?;
         }
-        Entry::Occupied(mut slot) => match (slot.get_mut(), value) {
-            (Value::Object(before), Value::Object(more)) => {
-                for (k, v) in more {
-                    merge(before, k, v);
-                }
-            }
-            (Value::List(before), Value::List(more)) => {
-                for (item, extra) in before.iter_mut().zip(more) {
-                    if let (Value::Object(item), Value::Object(extra)) = (item, extra) {
-                        for (k, v) in extra {
-                            merge(item, k, v);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        },
+        out.push(b']');
+        Some(())
+    }
+
+    fn money(
+        &self,
+        pence: i128,
+        sets: &[&'q Positioned<SelectionSet>],
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        self.object(&Money(to_pounds(pence)), sets, out)
     }
 }
 
-fn text(s: &str) -> Value {
-    Value::String(s.to_owned())
+fn optional(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
-fn optional(s: Option<&str>) -> Value {
-    s.map_or(Value::Null, text)
-}
-
-fn date(d: Option<chrono::NaiveDate>) -> Value {
-    d.map_or(Value::Null, |d| Date(d).to_value())
+fn date(out: &mut Vec<u8>, d: Option<chrono::NaiveDate>) -> Option<()> {
+    match d {
+        Some(d) => write_value(out, &Date(d).to_value()).ok(),
+        None => {
+            out.extend_from_slice(b"null");
+            Some(())
+        }
+    }
 }
 
 /// `Money`: an amount in pounds.
@@ -208,35 +304,53 @@ struct Money(rust_decimal::Decimal);
 
 impl Answer for Money {
     const TYPE: &'static str = "Money";
-    fn field(&self, name: &str, _: &Positioned<SelectionSet>, _: &Walk<'_>) -> Option<Value> {
-        Some(match name {
-            "amount" => Decimal2(self.0).to_value(),
-            "currency" => text(GBP),
+    fn field<'q>(
+        &self,
+        name: &str,
+        _: &[&'q Positioned<SelectionSet>],
+        _: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        match name {
+            "amount" => {
+                out.push(b'"');
+                write_pounds(out, self.0);
+                out.push(b'"');
+            }
+            "currency" => json_str(out, GBP),
             _ => return None,
-        })
+        }
+        Some(())
     }
 }
 
 impl Answer for BudgetView {
     const TYPE: &'static str = "SuperBudget";
-    fn field(&self, name: &str, set: &Positioned<SelectionSet>, walk: &Walk<'_>) -> Option<Value> {
+    fn field<'q>(
+        &self,
+        name: &str,
+        sets: &[&'q Positioned<SelectionSet>],
+        walk: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         match name {
-            "from" => Some(Date(self.window.from).to_value()),
-            "to" => Some(Date(self.window.to).to_value()),
-            "gross" => walk.money(self.gross, set),
-            "contribution" => walk.money(self.contribution, set),
-            "net" => walk.money(self.net, set),
-            "committed" => walk.money(self.committed, set),
-            "spent" => walk.money(self.spent, set),
-            "remaining" => walk.money(self.remaining, set),
-            "streams" => walk.list(&self.streams, set),
+            "from" => date(out, Some(self.window.from)),
+            "to" => date(out, Some(self.window.to)),
+            "gross" => walk.money(self.gross, sets, out),
+            "contribution" => walk.money(self.contribution, sets, out),
+            "net" => walk.money(self.net, sets, out),
+            "committed" => walk.money(self.committed, sets, out),
+            "spent" => walk.money(self.spent, sets, out),
+            "remaining" => walk.money(self.remaining, sets, out),
+            "streams" => walk.list(&self.streams, sets, out),
             "purposes" => walk.list(
                 self.purposes
                     .iter()
                     .map(|(purpose, pence)| Purpose(purpose, *pence)),
-                set,
+                sets,
+                out,
             ),
-            "warnings" => walk.list(&self.warnings, set),
+            "warnings" => walk.list(&self.warnings, sets, out),
             _ => None,
         }
     }
@@ -247,25 +361,39 @@ struct Purpose<'v>(&'v str, i128);
 
 impl Answer for Purpose<'_> {
     const TYPE: &'static str = "PurposeTotal";
-    fn field(&self, name: &str, set: &Positioned<SelectionSet>, walk: &Walk<'_>) -> Option<Value> {
+    fn field<'q>(
+        &self,
+        name: &str,
+        sets: &[&'q Positioned<SelectionSet>],
+        walk: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         match name {
-            "purpose" => Some(text(self.0)),
-            "gross" => walk.money(self.1, set),
-            _ => None,
+            "purpose" => json_str(out, self.0),
+            "gross" => return walk.money(self.1, sets, out),
+            _ => return None,
         }
+        Some(())
     }
 }
 
 impl Answer for Warning {
     const TYPE: &'static str = "BudgetWarning";
-    fn field(&self, name: &str, _: &Positioned<SelectionSet>, _: &Walk<'_>) -> Option<Value> {
-        Some(match name {
-            "code" => text(self.code),
-            "message" => text(&self.message),
-            "streamId" => optional(self.stream_id.as_deref()),
-            "itemId" => optional(self.item_id.as_deref()),
+    fn field<'q>(
+        &self,
+        name: &str,
+        _: &[&'q Positioned<SelectionSet>],
+        _: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        match name {
+            "code" => json_str(out, self.code),
+            "message" => json_str(out, &self.message),
+            "streamId" => optional(out, self.stream_id.as_deref()),
+            "itemId" => optional(out, self.item_id.as_deref()),
             _ => return None,
-        })
+        }
+        Some(())
     }
 }
 
@@ -274,33 +402,50 @@ struct Stream<'v>(&'v StreamView);
 
 impl Answer for Stream<'_> {
     const TYPE: &'static str = "FundingStream";
-    fn field(&self, name: &str, _: &Positioned<SelectionSet>, _: &Walk<'_>) -> Option<Value> {
-        Some(match name {
-            "id" => text(&self.0.id),
-            "name" => text(&self.0.name),
-            "kind" => text(&self.0.kind),
+    fn field<'q>(
+        &self,
+        name: &str,
+        _: &[&'q Positioned<SelectionSet>],
+        _: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        match name {
+            "id" => json_str(out, &self.0.id),
+            "name" => json_str(out, &self.0.name),
+            "kind" => json_str(out, &self.0.kind),
             _ => return None,
-        })
+        }
+        Some(())
     }
 }
 
 impl Answer for StreamView {
     const TYPE: &'static str = "StreamBudget";
-    fn field(&self, name: &str, set: &Positioned<SelectionSet>, walk: &Walk<'_>) -> Option<Value> {
+    fn field<'q>(
+        &self,
+        name: &str,
+        sets: &[&'q Positioned<SelectionSet>],
+        walk: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         match name {
-            "stream" => walk.object(&Stream(self), set),
-            "status" => Some(enum_value(super::budget::SourceStatus::from(self.status))),
-            "asOf" => Some(
-                self.as_of
-                    .map_or(Value::Null, |at| Value::String(rfc3339(at))),
-            ),
-            "gross" => walk.money(self.gross, set),
-            "contribution" => walk.money(self.contribution, set),
-            "net" => walk.money(self.net, set),
-            "committed" => walk.money(self.committed, set),
-            "spent" => walk.money(self.spent, set),
-            "remaining" => walk.money(self.remaining, set),
-            "awards" => walk.list(&self.awards, set),
+            "stream" => walk.object(&Stream(self), sets, out),
+            "status" => write_value(
+                out,
+                &enum_value(super::budget::SourceStatus::from(self.status)),
+            )
+            .ok(),
+            "asOf" => {
+                optional(out, self.as_of.map(rfc3339).as_deref());
+                Some(())
+            }
+            "gross" => walk.money(self.gross, sets, out),
+            "contribution" => walk.money(self.contribution, sets, out),
+            "net" => walk.money(self.net, sets, out),
+            "committed" => walk.money(self.committed, sets, out),
+            "spent" => walk.money(self.spent, sets, out),
+            "remaining" => walk.money(self.remaining, sets, out),
+            "awards" => walk.list(&self.awards, sets, out),
             _ => None,
         }
     }
@@ -308,30 +453,40 @@ impl Answer for StreamView {
 
 impl Answer for AwardView {
     const TYPE: &'static str = "Award";
-    fn field(&self, name: &str, set: &Positioned<SelectionSet>, walk: &Walk<'_>) -> Option<Value> {
+    fn field<'q>(
+        &self,
+        name: &str,
+        sets: &[&'q Positioned<SelectionSet>],
+        walk: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         let award = &self.award;
         match name {
-            "id" => Some(text(&self.id)),
-            "upstreamId" => Some(text(&award.upstream_id)),
-            "purpose" => Some(text(&award.purpose)),
-            "delivery" => Some(optional(award.delivery.as_deref())),
-            "frequency" => Some(text(award.frequency.as_str())),
-            "amount" => walk.object(&Money(award.amount), set),
-            "entitlement" => walk.money(self.entitlement, set),
-            "contribution" => walk.money(self.contribution, set),
-            "startDate" => Some(date(award.start_date)),
-            "endDate" => Some(date(award.end_date)),
-            "reviewDate" => Some(date(award.review_date)),
-            "paymentDate" => Some(date(award.payment_date)),
-            "status" => Some(text(&award.status)),
-            "lines" => walk.list(
-                self.lines.iter().map(|(line, pence)| Line(line, *pence)),
-                set,
-            ),
-            "source" => walk.object(&Source(self), set),
+            "id" => json_str(out, &self.id),
+            "upstreamId" => json_str(out, &award.upstream_id),
+            "purpose" => json_str(out, &award.purpose),
+            "delivery" => optional(out, award.delivery.as_deref()),
+            "frequency" => json_str(out, award.frequency.as_str()),
+            "amount" => return walk.object(&Money(award.amount), sets, out),
+            "entitlement" => return walk.money(self.entitlement, sets, out),
+            "contribution" => return walk.money(self.contribution, sets, out),
+            "startDate" => return date(out, award.start_date),
+            "endDate" => return date(out, award.end_date),
+            "reviewDate" => return date(out, award.review_date),
+            "paymentDate" => return date(out, award.payment_date),
+            "status" => json_str(out, &award.status),
+            "lines" => {
+                return walk.list(
+                    self.lines.iter().map(|(line, pence)| Line(line, *pence)),
+                    sets,
+                    out,
+                );
+            }
+            "source" => return walk.object(&Source(self), sets, out),
             // planItems reads the plan: the derived resolvers answer it.
-            _ => None,
+            _ => return None,
         }
+        Some(())
     }
 }
 
@@ -340,17 +495,24 @@ struct Line<'v>(&'v connectors::AwardLine, i128);
 
 impl Answer for Line<'_> {
     const TYPE: &'static str = "AwardLine";
-    fn field(&self, name: &str, set: &Positioned<SelectionSet>, walk: &Walk<'_>) -> Option<Value> {
+    fn field<'q>(
+        &self,
+        name: &str,
+        sets: &[&'q Positioned<SelectionSet>],
+        walk: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         let Line(line, pence) = self;
         match name {
-            "upstreamId" => Some(text(&line.upstream_id)),
-            "purpose" => Some(text(&line.purpose)),
-            "delivery" => Some(optional(line.delivery.as_deref())),
-            "description" => Some(optional(line.description.as_deref())),
-            "amount" => walk.object(&Money(line.amount), set),
-            "entitlement" => walk.money(*pence, set),
-            _ => None,
+            "upstreamId" => json_str(out, &line.upstream_id),
+            "purpose" => json_str(out, &line.purpose),
+            "delivery" => optional(out, line.delivery.as_deref()),
+            "description" => optional(out, line.description.as_deref()),
+            "amount" => return walk.object(&Money(line.amount), sets, out),
+            "entitlement" => return walk.money(*pence, sets, out),
+            _ => return None,
         }
+        Some(())
     }
 }
 
@@ -359,16 +521,23 @@ struct Source<'v>(&'v AwardView);
 
 impl Answer for Source<'_> {
     const TYPE: &'static str = "SourceRecord";
-    fn field(&self, name: &str, _: &Positioned<SelectionSet>, _: &Walk<'_>) -> Option<Value> {
+    fn field<'q>(
+        &self,
+        name: &str,
+        _: &[&'q Positioned<SelectionSet>],
+        _: &Walk<'q>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         let source = &self.0.source;
-        Some(match name {
-            "connector" => text(&source.connector),
-            "upstreamId" => text(&self.0.award.upstream_id),
-            "version" => optional(SourceRecord::award_version(self.0)),
-            "fetchedAt" => Value::String(rfc3339(source.fetched_at)),
-            "contentHash" => text(&source.content_hash),
+        match name {
+            "connector" => json_str(out, &source.connector),
+            "upstreamId" => json_str(out, &self.0.award.upstream_id),
+            "version" => optional(out, SourceRecord::award_version(self.0)),
+            "fetchedAt" => json_str(out, &rfc3339(source.fetched_at)),
+            "contentHash" => json_str(out, &source.content_hash),
             _ => return None,
-        })
+        }
+        Some(())
     }
 }
 
@@ -396,6 +565,10 @@ mod tests {
         }
         async fn derived(&self) -> SuperBudget {
             SuperBudget(self.0.clone(), "person".into())
+        }
+        /// As the server's field is named, for `Parsed::budgets` to count.
+        async fn super_budget(&self) -> BudgetAnswer {
+            BudgetAnswer(SuperBudget(self.0.clone(), "person".into()))
         }
     }
 
@@ -516,17 +689,16 @@ mod tests {
         data.into_json().expect("JSON data")
     }
 
-    /// What the walk alone makes of `query`'s first field's selection set.
-    fn walk_alone(view: &BudgetView, query: &str) -> Option<Value> {
+    /// What the walk alone writes for `query`'s first field's selection set.
+    fn walk_alone(view: &BudgetView, query: &str) -> Option<String> {
         let doc = async_graphql::parser::parse_query(query).expect("a query");
         let (_, operation) = doc.operations.iter().next().expect("an operation");
         let Selection::Field(field) = &operation.node.selection_set.node.items[0].node else {
             panic!("the first selection is a field");
         };
-        Walk {
-            fragments: &doc.fragments,
-        }
-        .object(view, &field.node.selection_set)
+        let mut out = Vec::new();
+        Walk::new(&doc.fragments).object(view, &[&field.node.selection_set], &mut out)?;
+        Some(String::from_utf8(out).expect("UTF-8"))
     }
 
     /// Every field of every type below SuperBudget, but planItems, read from the schema itself
@@ -600,10 +772,7 @@ mod tests {
         let data = run(view.clone(), &query, json!({})).await;
         assert_eq!(sent(&data, "walked"), sent(&data, "derived"));
         let alone = walk_alone(&view, &query).expect("the walk answers every field but planItems");
-        assert_eq!(
-            serde_json::to_string(&alone).ok(),
-            Some(sent(&data, "derived"))
-        );
+        assert_eq!(Some(alone), Some(sent(&data, "derived")));
 
         let data = json_of(data);
         assert_eq!(data["walked"]["streams"][1]["status"], "STALE");
@@ -656,10 +825,65 @@ mod tests {
             .replace("query($yes: Boolean!) ", "");
         let alone = walk_alone(&budget(), &plain).expect("the walk answers fragments");
         let data = run(budget(), &plain, json!({})).await;
+        assert_eq!(Some(alone), Some(sent(&data, "derived")));
+    }
+
+    /// `query` run as the server runs it: with its parsed text as request data.
+    async fn served(view: BudgetView, query: &str) -> async_graphql::Response {
+        let parsed = crate::limits::DocumentCache::default()
+            .parse(query)
+            .expect("a query");
+        let mut request = Request::new(query);
+        request.set_parsed_query(parsed.document().clone());
+        let answer = schema(view).execute(request.data(parsed)).await;
+        assert!(answer.errors.is_empty(), "{:?}", answer.errors);
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_sole_budget_goes_out_as_the_json_the_walk_wrote() {
+        let view = budget();
+        let selection = every_field(&view).await;
+        let answer = served(
+            view.clone(),
+            &format!("{{ superBudget {selection} derived {selection} }}"),
+        )
+        .await;
+        let Value::Object(fields) = &answer.data else {
+            panic!("an object");
+        };
+        let Value::Binary(json) = &fields["superBudget"] else {
+            panic!("JSON written by the walk: {:?}", fields["superBudget"]);
+        };
         assert_eq!(
-            serde_json::to_string(&alone).ok(),
-            Some(sent(&data, "derived"))
+            std::str::from_utf8(json).ok(),
+            Some(sent(&answer.data, "derived").as_str())
         );
+        let mut out = Vec::new();
+        crate::graphql::respond::write_response(&mut out, &answer).unwrap();
+        let sent: Json = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(sent["data"]["superBudget"], sent["data"]["derived"]);
+        assert_eq!(sent["data"]["superBudget"]["streams"][1]["status"], "STALE");
+    }
+
+    #[tokio::test]
+    async fn a_budget_asked_for_twice_is_merged_as_any_answer_is() {
+        let answer = served(
+            budget(),
+            "{ superBudget { gross { amount } } superBudget { net { amount } gross { currency } } derived { gross { amount currency } net { amount } } }",
+        )
+        .await;
+        let Value::Object(fields) = &answer.data else {
+            panic!("an object");
+        };
+        assert!(
+            matches!(fields["superBudget"], Value::Object(_)),
+            "{:?}",
+            fields["superBudget"]
+        );
+        let data = json_of(answer.data);
+        assert_eq!(data["superBudget"]["gross"], data["derived"]["gross"]);
+        assert_eq!(data["superBudget"]["net"], data["derived"]["net"]);
     }
 
     #[test]

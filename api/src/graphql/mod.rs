@@ -8,6 +8,7 @@ pub mod consent;
 pub mod loaders;
 pub mod persons;
 pub mod plan;
+pub mod respond;
 pub mod scalars;
 pub mod streams;
 

@@ -85,10 +85,43 @@ impl ScalarType for Decimal2 {
 
 /// Formats an amount with exactly two decimal places, rounding half-to-even if it has more.
 pub fn format_pounds(amount: Decimal) -> String {
-    let mut rounded =
+    let mut out = Vec::with_capacity(16);
+    write_pounds(&mut out, amount);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes an amount as [`format_pounds`] formats it (as rust_decimal displays it once rounded
+/// to two places): a minus sign for a negative amount (a negative zero too), the whole pounds,
+/// a point and two digits. A budget answer writes about fifty amounts, and rust_decimal's
+/// `Display` through `core::fmt` was most of the cost of writing each.
+pub fn write_pounds(out: &mut Vec<u8>, amount: Decimal) {
+    let rounded =
         amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointNearestEven);
-    rounded.rescale(2);
-    rounded.to_string()
+    // Two places or fewer now: in pence, exactly.
+    let scale = rounded.scale().min(2);
+    let pence = rounded.mantissa().unsigned_abs() * 10u128.pow(2 - scale);
+    if rounded.is_sign_negative() {
+        out.push(b'-');
+    }
+    let (whole, cents) = (pence / 100, (pence % 100) as u8);
+    match u64::try_from(whole) {
+        Ok(mut rest) => {
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+                if rest == 0 {
+                    break;
+                }
+            }
+            out.extend_from_slice(&digits[at..]);
+        }
+        // Past 18 million million million pounds: not a budget, but written all the same.
+        Err(_) => out.extend_from_slice(whole.to_string().as_bytes()),
+    }
+    out.extend_from_slice(&[b'.', b'0' + cents / 10, b'0' + cents % 10]);
 }
 
 /// The one currency the hub's figures are in.
@@ -122,6 +155,47 @@ mod tests {
         <Date as ScalarType>::parse(Value::String(s.into()))
             .ok()
             .map(|d| d.0)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn amounts_are_written_as_rust_decimal_displays_them_rounded(
+            // Every amount that can carry two places (up to 10^26 pounds).
+            mantissa in -100_000_000_000_000_000_000_000_000i128..100_000_000_000_000_000_000_000_000,
+            scale in 0u32..=28,
+        ) {
+            let amount = Decimal::from_i128_with_scale(mantissa, scale);
+            let mut rounded = amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointNearestEven);
+            rounded.rescale(2);
+            proptest::prop_assert_eq!(format_pounds(amount), rounded.to_string());
+        }
+    }
+
+    #[test]
+    fn small_large_and_negative_zero_amounts_are_written_as_rust_decimal_displays_them() {
+        for text in [
+            "0",
+            "-0",
+            "-0.001",
+            "0.005",
+            "0.015",
+            "-7.5",
+            "12.3456",
+            "-79228162514264337593543950.335",
+            "184467440737095516.16",
+            "184467440737095516.1649",
+        ] {
+            let amount = Decimal::from_str(text).unwrap();
+            let mut rounded = amount
+                .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointNearestEven);
+            rounded.rescale(2);
+            assert_eq!(format_pounds(amount), rounded.to_string(), "{text}");
+        }
+        // Too large to carry two places as a Decimal: written with them all the same.
+        assert_eq!(
+            format_pounds(Decimal::MAX),
+            "79228162514264337593543950335.00"
+        );
     }
 
     #[test]
