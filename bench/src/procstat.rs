@@ -13,6 +13,9 @@ const TICKS_PER_SEC: f64 = 100.0;
 pub struct Reading {
     /// User plus system CPU seconds used so far.
     pub cpu_secs: f64,
+    /// Of those, the system's: the kernel working for the process (its sockets, the store's
+    /// files, waking and putting its threads to sleep).
+    pub sys_secs: f64,
     /// Resident set now, in kB.
     pub rss_kb: u64,
     /// The kernel's own high-water mark of the resident set, in kB.
@@ -22,7 +25,7 @@ pub struct Reading {
 /// Reads a process's CPU and memory; `None` once it has gone.
 pub fn read(pid: u32) -> Option<Reading> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, ticks) = name_and_ticks(&stat)?;
+    let (_, user, sys) = stat_times(&stat)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> u64 {
         status
@@ -33,7 +36,8 @@ pub fn read(pid: u32) -> Option<Reading> {
             .unwrap_or(0)
     };
     Some(Reading {
-        cpu_secs: ticks / TICKS_PER_SEC,
+        cpu_secs: (user + sys) / TICKS_PER_SEC,
+        sys_secs: sys / TICKS_PER_SEC,
         rss_kb: field("VmRSS:"),
         hwm_kb: field("VmHWM:"),
     })
@@ -41,6 +45,12 @@ pub fn read(pid: u32) -> Option<Reading> {
 
 /// A `/proc/<pid>/stat` line's command name and its user plus system CPU, in clock ticks.
 fn name_and_ticks(stat: &str) -> Option<(&str, f64)> {
+    let (name, user, system) = stat_times(stat)?;
+    Some((name, user + system))
+}
+
+/// A `/proc/<pid>/stat` line's command name, user CPU and system CPU, in clock ticks.
+fn stat_times(stat: &str) -> Option<(&str, f64, f64)> {
     // The command name is in parentheses and may hold spaces: fields count from after ')'.
     let (head, after) = stat.rsplit_once(')')?;
     let name = head.split_once('(')?.1;
@@ -48,7 +58,7 @@ fn name_and_ticks(stat: &str) -> Option<(&str, f64)> {
     // After ')': state is field 0, so utime (14th overall) is index 11 and stime index 12.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((name, utime + stime))
+    Some((name, utime, stime))
 }
 
 /// The CPU seconds (user plus system) used so far by every live process whose command name
@@ -217,6 +227,15 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_and_system_time_are_read_past_a_name_with_spaces_and_parentheses() {
+        let stat =
+            "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194304 900 0 0 0 371 58 0 0 20 0 9 0 100 0 0";
+        assert_eq!(stat_times(stat), Some(("tokio (rt) 1", 371.0, 58.0)));
+        assert_eq!(name_and_ticks(stat), Some(("tokio (rt) 1", 429.0)));
+        assert_eq!(stat_times("4242 (short) S 1"), None);
+    }
 
     /// The system calls are read from `/proc/<pid>/io`, and a thread's switches are both
     /// kinds added.
