@@ -16,7 +16,6 @@
 //! async-graphql marks `doc(hidden)` but keeps public for the code its macros generate.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -51,11 +50,11 @@ impl OutputType for BudgetAnswer {
         ctx: &ContextSelectionSet<'_>,
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        let mut json = Vec::with_capacity(8 * 1024);
-        let walked = Walk::new(&ctx.query_env.fragments)
-            .object(&self.0.0, &[ctx.item], &mut json)
-            .is_some();
-        if walked {
+        let walked = {
+            let mut walk = Walk::new(&ctx.query_env.fragments);
+            walk.object(&self.0.0, &[ctx.item]).map(|()| walk.out)
+        };
+        if let Some(json) = walked {
             // The JSON goes out as written where no other answer can be merged into it: the
             // query text asks for one budget (see `limits::Parsed::budgets`). Otherwise it is
             // read back as a `Value`, for async-graphql to merge as it merges any answer.
@@ -73,18 +72,23 @@ impl OutputType for BudgetAnswer {
     }
 }
 
-/// The query's named fragments, for spreads met on the way down, and the plans made so far.
+/// A selection set of the query.
+type Set<'q> = &'q Positioned<SelectionSet>;
+
+/// The walk over one budget: the query's named fragments (for spreads met on the way down),
+/// the plans made so far, and the JSON written so far.
 struct Walk<'q> {
     fragments: &'q HashMap<Name, Positioned<FragmentDefinition>>,
     /// Each type's plan for the selection sets it was made for: every award's `amount` (say)
     /// selects the same set, planned once.
-    plans: RefCell<Vec<Planned<'q>>>,
+    plans: Vec<Planned<'q>>,
+    out: Vec<u8>,
 }
 
 /// A plan, with the type and the selection sets it is for.
 struct Planned<'q> {
     ty: &'static str,
-    sets: Vec<&'q Positioned<SelectionSet>>,
+    sets: Vec<Set<'q>>,
     plan: Rc<[Group<'q>]>,
 }
 
@@ -93,7 +97,7 @@ struct Planned<'q> {
 struct Group<'q> {
     key: &'q str,
     name: &'q str,
-    sets: Vec<&'q Positioned<SelectionSet>>,
+    sets: Vec<Set<'q>>,
 }
 
 /// A budget type the walk answers.
@@ -102,25 +106,13 @@ trait Answer {
     const TYPE: &'static str;
     /// Writes the value of its field `name`, selecting `sets` below it; `None` where the walk
     /// does not answer that field and the derived resolvers must.
-    fn field<'q>(
-        &self,
-        name: &str,
-        sets: &[&'q Positioned<SelectionSet>],
-        walk: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()>;
+    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()>;
 }
 
 impl<T: Answer + ?Sized> Answer for &T {
     const TYPE: &'static str = T::TYPE;
-    fn field<'q>(
-        &self,
-        name: &str,
-        sets: &[&'q Positioned<SelectionSet>],
-        walk: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
-        (**self).field(name, sets, walk, out)
+    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
+        (**self).field(name, sets, walk)
     }
 }
 
@@ -128,24 +120,21 @@ impl<'q> Walk<'q> {
     fn new(fragments: &'q HashMap<Name, Positioned<FragmentDefinition>>) -> Self {
         Self {
             fragments,
-            plans: RefCell::default(),
+            plans: Vec::new(),
+            out: Vec::with_capacity(8 * 1024),
         }
     }
 
     /// The keys `sets` select on an object of type `ty`, in the order the query first asks
     /// for them; `None` where any of them is not the walk's to answer.
-    fn plan(
-        &self,
-        ty: &'static str,
-        sets: &[&'q Positioned<SelectionSet>],
-    ) -> Option<Rc<[Group<'q>]>> {
+    fn plan(&mut self, ty: &'static str, sets: &[Set<'q>]) -> Option<Rc<[Group<'q>]>> {
         // The same sets of the query (compared by address) for the same type.
-        let same = |p: &Planned<'q>| {
+        let same = |p: &&Planned<'q>| {
             p.sets.len() == sets.len()
                 && p.sets.iter().zip(sets).all(|(a, b)| std::ptr::eq(*a, *b))
                 && p.ty == ty
         };
-        if let Some(planned) = self.plans.borrow().iter().find(|p| same(p)) {
+        if let Some(planned) = self.plans.iter().find(same) {
             return Some(planned.plan.clone());
         }
         let mut groups = Vec::with_capacity(sets.first().map_or(0, |s| s.node.items.len()));
@@ -153,7 +142,7 @@ impl<'q> Walk<'q> {
             self.collect(ty, set, &mut groups)?;
         }
         let plan: Rc<[Group<'q>]> = groups.into();
-        self.plans.borrow_mut().push(Planned {
+        self.plans.push(Planned {
             ty,
             sets: sets.to_vec(),
             plan: plan.clone(),
@@ -161,12 +150,7 @@ impl<'q> Walk<'q> {
         Some(plan)
     }
 
-    fn collect(
-        &self,
-        ty: &str,
-        set: &'q Positioned<SelectionSet>,
-        groups: &mut Vec<Group<'q>>,
-    ) -> Option<()> {
+    fn collect(&self, ty: &str, set: Set<'q>, groups: &mut Vec<Group<'q>>) -> Option<()> {
         for selection in &set.node.items {
             match &selection.node {
                 Selection::Field(field) => {
@@ -214,89 +198,93 @@ impl<'q> Walk<'q> {
     }
 
     /// Writes `value`'s fields that `sets` select.
-    fn object<T: Answer + ?Sized>(
-        &self,
-        value: &T,
-        sets: &[&'q Positioned<SelectionSet>],
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn object<T: Answer + ?Sized>(&mut self, value: &T, sets: &[Set<'q>]) -> Option<()> {
         let plan = self.plan(T::TYPE, sets)?;
-        self.write(value, &plan, out)
+        self.write(value, &plan)
     }
 
     /// Writes `value`'s answer to the keys of `plan`.
-    fn write<T: Answer + ?Sized>(
-        &self,
-        value: &T,
-        plan: &[Group<'q>],
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn write<T: Answer + ?Sized>(&mut self, value: &T, plan: &[Group<'q>]) -> Option<()> {
         // As async-graphql: a selection with nothing left to answer is null.
         if plan.is_empty() {
-            out.extend_from_slice(b"null");
+            self.out.extend_from_slice(b"null");
             return Some(());
         }
-        out.push(b'{');
+        self.out.push(b'{');
         for (i, group) in plan.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                self.out.push(b',');
             }
-            json_name(out, group.key);
-            out.push(b':');
+            json_name(&mut self.out, group.key);
+            self.out.push(b':');
             if group.name == "__typename" {
-                json_str(out, T::TYPE);
+                self.text(T::TYPE);
             } else {
-                value.field(group.name, &group.sets, self, out)?;
+                value.field(group.name, &group.sets, self)?;
             }
         }
-        out.push(b'}');
+        self.out.push(b'}');
         Some(())
     }
 
     /// Writes each of `items`, the selection planned once for them all.
     fn list<T: Answer>(
-        &self,
+        &mut self,
         items: impl IntoIterator<Item = T>,
-        sets: &[&'q Positioned<SelectionSet>],
-        out: &mut Vec<u8>,
+        sets: &[Set<'q>],
     ) -> Option<()> {
         let plan = self.plan(T::TYPE, sets)?;
-        out.push(b'[');
+        self.out.push(b'[');
         for (i, item) in items.into_iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                self.out.push(b',');
             }
-            self.write(&item, &plan, out)?;
+            self.write(&item, &plan)?;
         }
-        out.push(b']');
+        self.out.push(b']');
         Some(())
     }
 
-    fn money(
-        &self,
-        pence: i128,
-        sets: &[&'q Positioned<SelectionSet>],
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
-        self.object(&Money(to_pounds(pence)), sets, out)
+    fn money(&mut self, pence: i128, sets: &[Set<'q>]) -> Option<()> {
+        self.object(&Money(to_pounds(pence)), sets)
     }
-}
 
-fn optional(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => json_str(out, s),
-        None => out.extend_from_slice(b"null"),
+    /// Writes a string; answers `Some`, as a field the walk answers.
+    fn text(&mut self, s: &str) -> Option<()> {
+        json_str(&mut self.out, s);
+        Some(())
     }
-}
 
-fn date(out: &mut Vec<u8>, d: Option<chrono::NaiveDate>) -> Option<()> {
-    match d {
-        Some(d) => write_value(out, &Date(d).to_value()).ok(),
-        None => {
-            out.extend_from_slice(b"null");
-            Some(())
+    fn optional(&mut self, s: Option<&str>) -> Option<()> {
+        match s {
+            Some(s) => self.text(s),
+            None => self.value(&Value::Null),
         }
     }
+
+    fn date(&mut self, d: Option<chrono::NaiveDate>) -> Option<()> {
+        self.value(&d.map_or(Value::Null, |d| Date(d).to_value()))
+    }
+
+    fn value(&mut self, value: &Value) -> Option<()> {
+        write_value(&mut self.out, value).ok()
+    }
+}
+
+/// The figure named `$name` of the six that a budget and each of its streams carry (gross,
+/// contribution, net, committed, spent, remaining), in pence; `None` for any other name.
+macro_rules! figure {
+    ($view:expr, $name:expr) => {
+        match $name {
+            "gross" => Some($view.gross),
+            "contribution" => Some($view.contribution),
+            "net" => Some($view.net),
+            "committed" => Some($view.committed),
+            "spent" => Some($view.spent),
+            "remaining" => Some($view.remaining),
+            _ => None,
+        }
+    };
 }
 
 /// `Money`: an amount in pounds.
@@ -304,53 +292,37 @@ struct Money(rust_decimal::Decimal);
 
 impl Answer for Money {
     const TYPE: &'static str = "Money";
-    fn field<'q>(
-        &self,
-        name: &str,
-        _: &[&'q Positioned<SelectionSet>],
-        _: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn field<'q>(&self, name: &str, _: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
         match name {
             "amount" => {
-                out.push(b'"');
-                write_pounds(out, self.0);
-                out.push(b'"');
+                walk.out.push(b'"');
+                write_pounds(&mut walk.out, self.0);
+                walk.out.push(b'"');
+                Some(())
             }
-            "currency" => json_str(out, GBP),
-            _ => return None,
+            "currency" => walk.text(GBP),
+            _ => None,
         }
-        Some(())
     }
 }
 
 impl Answer for BudgetView {
     const TYPE: &'static str = "SuperBudget";
-    fn field<'q>(
-        &self,
-        name: &str,
-        sets: &[&'q Positioned<SelectionSet>],
-        walk: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
+        if let Some(pence) = figure!(self, name) {
+            return walk.money(pence, sets);
+        }
         match name {
-            "from" => date(out, Some(self.window.from)),
-            "to" => date(out, Some(self.window.to)),
-            "gross" => walk.money(self.gross, sets, out),
-            "contribution" => walk.money(self.contribution, sets, out),
-            "net" => walk.money(self.net, sets, out),
-            "committed" => walk.money(self.committed, sets, out),
-            "spent" => walk.money(self.spent, sets, out),
-            "remaining" => walk.money(self.remaining, sets, out),
-            "streams" => walk.list(&self.streams, sets, out),
+            "from" => walk.date(Some(self.window.from)),
+            "to" => walk.date(Some(self.window.to)),
+            "streams" => walk.list(&self.streams, sets),
             "purposes" => walk.list(
                 self.purposes
                     .iter()
                     .map(|(purpose, pence)| Purpose(purpose, *pence)),
                 sets,
-                out,
             ),
-            "warnings" => walk.list(&self.warnings, sets, out),
+            "warnings" => walk.list(&self.warnings, sets),
             _ => None,
         }
     }
@@ -361,39 +333,25 @@ struct Purpose<'v>(&'v str, i128);
 
 impl Answer for Purpose<'_> {
     const TYPE: &'static str = "PurposeTotal";
-    fn field<'q>(
-        &self,
-        name: &str,
-        sets: &[&'q Positioned<SelectionSet>],
-        walk: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
         match name {
-            "purpose" => json_str(out, self.0),
-            "gross" => return walk.money(self.1, sets, out),
-            _ => return None,
+            "purpose" => walk.text(self.0),
+            "gross" => walk.money(self.1, sets),
+            _ => None,
         }
-        Some(())
     }
 }
 
 impl Answer for Warning {
     const TYPE: &'static str = "BudgetWarning";
-    fn field<'q>(
-        &self,
-        name: &str,
-        _: &[&'q Positioned<SelectionSet>],
-        _: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn field<'q>(&self, name: &str, _: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
         match name {
-            "code" => json_str(out, self.code),
-            "message" => json_str(out, &self.message),
-            "streamId" => optional(out, self.stream_id.as_deref()),
-            "itemId" => optional(out, self.item_id.as_deref()),
-            _ => return None,
+            "code" => walk.text(self.code),
+            "message" => walk.text(&self.message),
+            "streamId" => walk.optional(self.stream_id.as_deref()),
+            "itemId" => walk.optional(self.item_id.as_deref()),
+            _ => None,
         }
-        Some(())
     }
 }
 
@@ -402,50 +360,27 @@ struct Stream<'v>(&'v StreamView);
 
 impl Answer for Stream<'_> {
     const TYPE: &'static str = "FundingStream";
-    fn field<'q>(
-        &self,
-        name: &str,
-        _: &[&'q Positioned<SelectionSet>],
-        _: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn field<'q>(&self, name: &str, _: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
         match name {
-            "id" => json_str(out, &self.0.id),
-            "name" => json_str(out, &self.0.name),
-            "kind" => json_str(out, &self.0.kind),
-            _ => return None,
+            "id" => walk.text(&self.0.id),
+            "name" => walk.text(&self.0.name),
+            "kind" => walk.text(&self.0.kind),
+            _ => None,
         }
-        Some(())
     }
 }
 
 impl Answer for StreamView {
     const TYPE: &'static str = "StreamBudget";
-    fn field<'q>(
-        &self,
-        name: &str,
-        sets: &[&'q Positioned<SelectionSet>],
-        walk: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
+        if let Some(pence) = figure!(self, name) {
+            return walk.money(pence, sets);
+        }
         match name {
-            "stream" => walk.object(&Stream(self), sets, out),
-            "status" => write_value(
-                out,
-                &enum_value(super::budget::SourceStatus::from(self.status)),
-            )
-            .ok(),
-            "asOf" => {
-                optional(out, self.as_of.map(rfc3339).as_deref());
-                Some(())
-            }
-            "gross" => walk.money(self.gross, sets, out),
-            "contribution" => walk.money(self.contribution, sets, out),
-            "net" => walk.money(self.net, sets, out),
-            "committed" => walk.money(self.committed, sets, out),
-            "spent" => walk.money(self.spent, sets, out),
-            "remaining" => walk.money(self.remaining, sets, out),
-            "awards" => walk.list(&self.awards, sets, out),
+            "stream" => walk.object(&Stream(self), sets),
+            "status" => walk.value(&enum_value(super::budget::SourceStatus::from(self.status))),
+            "asOf" => walk.optional(self.as_of.map(rfc3339).as_deref()),
+            "awards" => walk.list(&self.awards, sets),
             _ => None,
         }
     }
@@ -453,40 +388,30 @@ impl Answer for StreamView {
 
 impl Answer for AwardView {
     const TYPE: &'static str = "Award";
-    fn field<'q>(
-        &self,
-        name: &str,
-        sets: &[&'q Positioned<SelectionSet>],
-        walk: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
         let award = &self.award;
         match name {
-            "id" => json_str(out, &self.id),
-            "upstreamId" => json_str(out, &award.upstream_id),
-            "purpose" => json_str(out, &award.purpose),
-            "delivery" => optional(out, award.delivery.as_deref()),
-            "frequency" => json_str(out, award.frequency.as_str()),
-            "amount" => return walk.object(&Money(award.amount), sets, out),
-            "entitlement" => return walk.money(self.entitlement, sets, out),
-            "contribution" => return walk.money(self.contribution, sets, out),
-            "startDate" => return date(out, award.start_date),
-            "endDate" => return date(out, award.end_date),
-            "reviewDate" => return date(out, award.review_date),
-            "paymentDate" => return date(out, award.payment_date),
-            "status" => json_str(out, &award.status),
-            "lines" => {
-                return walk.list(
-                    self.lines.iter().map(|(line, pence)| Line(line, *pence)),
-                    sets,
-                    out,
-                );
-            }
-            "source" => return walk.object(&Source(self), sets, out),
+            "id" => walk.text(&self.id),
+            "upstreamId" => walk.text(&award.upstream_id),
+            "purpose" => walk.text(&award.purpose),
+            "delivery" => walk.optional(award.delivery.as_deref()),
+            "frequency" => walk.text(award.frequency.as_str()),
+            "amount" => walk.object(&Money(award.amount), sets),
+            "entitlement" => walk.money(self.entitlement, sets),
+            "contribution" => walk.money(self.contribution, sets),
+            "startDate" => walk.date(award.start_date),
+            "endDate" => walk.date(award.end_date),
+            "reviewDate" => walk.date(award.review_date),
+            "paymentDate" => walk.date(award.payment_date),
+            "status" => walk.text(&award.status),
+            "lines" => walk.list(
+                self.lines.iter().map(|(line, pence)| Line(line, *pence)),
+                sets,
+            ),
+            "source" => walk.object(&Source(self), sets),
             // planItems reads the plan: the derived resolvers answer it.
-            _ => return None,
+            _ => None,
         }
-        Some(())
     }
 }
 
@@ -495,24 +420,17 @@ struct Line<'v>(&'v connectors::AwardLine, i128);
 
 impl Answer for Line<'_> {
     const TYPE: &'static str = "AwardLine";
-    fn field<'q>(
-        &self,
-        name: &str,
-        sets: &[&'q Positioned<SelectionSet>],
-        walk: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
         let Line(line, pence) = self;
         match name {
-            "upstreamId" => json_str(out, &line.upstream_id),
-            "purpose" => json_str(out, &line.purpose),
-            "delivery" => optional(out, line.delivery.as_deref()),
-            "description" => optional(out, line.description.as_deref()),
-            "amount" => return walk.object(&Money(line.amount), sets, out),
-            "entitlement" => return walk.money(*pence, sets, out),
-            _ => return None,
+            "upstreamId" => walk.text(&line.upstream_id),
+            "purpose" => walk.text(&line.purpose),
+            "delivery" => walk.optional(line.delivery.as_deref()),
+            "description" => walk.optional(line.description.as_deref()),
+            "amount" => walk.object(&Money(line.amount), sets),
+            "entitlement" => walk.money(*pence, sets),
+            _ => None,
         }
-        Some(())
     }
 }
 
@@ -521,23 +439,16 @@ struct Source<'v>(&'v AwardView);
 
 impl Answer for Source<'_> {
     const TYPE: &'static str = "SourceRecord";
-    fn field<'q>(
-        &self,
-        name: &str,
-        _: &[&'q Positioned<SelectionSet>],
-        _: &Walk<'q>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn field<'q>(&self, name: &str, _: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
         let source = &self.0.source;
         match name {
-            "connector" => json_str(out, &source.connector),
-            "upstreamId" => json_str(out, &self.0.award.upstream_id),
-            "version" => optional(out, SourceRecord::award_version(self.0)),
-            "fetchedAt" => json_str(out, &rfc3339(source.fetched_at)),
-            "contentHash" => json_str(out, &source.content_hash),
-            _ => return None,
+            "connector" => walk.text(&source.connector),
+            "upstreamId" => walk.text(&self.0.award.upstream_id),
+            "version" => walk.optional(SourceRecord::award_version(self.0)),
+            "fetchedAt" => walk.text(&rfc3339(source.fetched_at)),
+            "contentHash" => walk.text(&source.content_hash),
+            _ => None,
         }
-        Some(())
     }
 }
 
@@ -696,9 +607,9 @@ mod tests {
         let Selection::Field(field) = &operation.node.selection_set.node.items[0].node else {
             panic!("the first selection is a field");
         };
-        let mut out = Vec::new();
-        Walk::new(&doc.fragments).object(view, &[&field.node.selection_set], &mut out)?;
-        Some(String::from_utf8(out).expect("UTF-8"))
+        let mut walk = Walk::new(&doc.fragments);
+        walk.object(view, &[&field.node.selection_set])?;
+        Some(String::from_utf8(walk.out).expect("UTF-8"))
     }
 
     /// Every field of every type below SuperBudget, but planItems, read from the schema itself

@@ -77,16 +77,7 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) -> serde_json::Result<()> {
         Value::String(s) => json_str(out, s),
         Value::Enum(name) => json_str(out, name),
         Value::Binary(json) => out.extend_from_slice(json),
-        Value::List(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(out, item)?;
-            }
-            out.push(b']');
-        }
+        Value::List(items) => write_list(out, items, write_value)?,
         Value::Object(fields) => {
             out.push(b'{');
             for (i, (key, item)) in fields.iter().enumerate() {
@@ -122,12 +113,21 @@ pub fn write_response(out: &mut Vec<u8>, response: &Response) -> serde_json::Res
 
 /// Writes a batch's responses as a JSON list.
 pub fn write_batch(out: &mut Vec<u8>, responses: &[Response]) -> serde_json::Result<()> {
+    write_list(out, responses, write_response)
+}
+
+/// Writes `items` as a JSON list, each by `write`.
+fn write_list<T>(
+    out: &mut Vec<u8>,
+    items: &[T],
+    write: fn(&mut Vec<u8>, &T) -> serde_json::Result<()>,
+) -> serde_json::Result<()> {
     out.push(b'[');
-    for (i, response) in responses.iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_response(out, response)?;
+        write(out, item)?;
     }
     out.push(b']');
     Ok(())
