@@ -176,6 +176,8 @@ pub struct Parsed {
     validated: std::sync::OnceLock<ValidationResult>,
     /// How many superBudget fields it runs, fragments expanded.
     budgets: usize,
+    /// How many aliases it runs, fragments expanded (see [`aliases`]).
+    aliases: usize,
 }
 
 impl Parsed {
@@ -188,11 +190,17 @@ impl Parsed {
             usize::from(field.name.node.as_str() == "superBudget")
         });
         Self {
-            document,
             eligible: queries_only && !text.contains('@'),
             validated: Default::default(),
             budgets,
+            aliases: aliases(&document),
+            document,
         }
+    }
+
+    /// How many aliases the text runs, counted once for the text rather than on every request.
+    pub fn aliases(&self) -> usize {
+        self.aliases
     }
 
     /// How many superBudget fields the text runs (a fragment once for every spread of it):
@@ -321,7 +329,7 @@ pub fn check_batch(
         // A query that does not parse is left to the schema, which reports it precisely.
         let document = documents.parse(&request.query);
         if let Some(document) = &document {
-            let given = aliases(document.document());
+            let given = document.aliases();
             if given > limits.max_aliases {
                 return Err(Refusal::TooManyAliases {
                     given,
@@ -517,6 +525,9 @@ mod tests {
             ),
             1
         );
+        // The aliases are kept with the text too, for `check_batch` to read on every request.
+        let text = "query($id: ID!) { a: person(id: $id) { ...P } b: person(id: $id) { ...P } } fragment P on Person { x: id }";
+        assert_eq!(cache.parse(text).unwrap().aliases(), 4);
     }
 
     #[test]
