@@ -49,10 +49,9 @@ pub struct Setup<'a> {
     pub keep: &'a Path,
 }
 
-/// Counts the instructions of a query served from snapshots: the hub of `setup` asked for its
-/// people in turn, one query at a time, `queries.0` times in one run and `queries.1` in the
-/// other.
-pub async fn served(setup: Setup<'_>, queries: (usize, usize)) -> anyhow::Result<Counted> {
+/// Counts the instructions of a query: the hub of `setup` asked for its people in turn, one
+/// query at a time, `queries.0` times in one run and `queries.1` in the other.
+pub async fn count(setup: Setup<'_>, queries: (usize, usize)) -> anyhow::Result<Counted> {
     anyhow::ensure!(
         queries.1 > queries.0,
         "the longer run must ask more queries"
@@ -77,16 +76,44 @@ pub async fn served(setup: Setup<'_>, queries: (usize, usize)) -> anyhow::Result
     })
 }
 
-/// Counts the instructions of a served query ([`served`]: 50 and 550 queries, or 20 and 220
+/// Which queries are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Served from fresh snapshots: the partners are not called.
+    Served,
+    /// Nothing cached (`cache_ttl_secs = 0`): every query asks the live partners and keeps
+    /// their answers.
+    FanOut,
+}
+
+impl Kind {
+    /// The run the figure is of, as the CPU rows name it.
+    fn run(self) -> &'static str {
+        match self {
+            Kind::Served => "served from snapshots",
+            Kind::FanOut => "live fan-out to the partners",
+        }
+    }
+}
+
+/// Counts the instructions of a query of `kind` ([`count`]: 50 and 550 queries, or 20 and 220
 /// in a `quick` run) and reports them for `backend`, or why they could not be counted.
-pub async fn report_served(
+pub async fn measure(
     setup: Setup<'_>,
+    kind: Kind,
     quick: bool,
     backend: Option<&str>,
     report: &mut Report,
 ) {
     let queries = if quick { (20, 220) } else { (50, 550) };
-    let (value, note) = match served(setup, queries).await {
+    let how = match kind {
+        Kind::Served => "",
+        Kind::FanOut => {
+            " Each query asks the three live partners (with no latency added, so the runs are \
+             short; waiting costs no instructions) and keeps their answers as snapshots."
+        }
+    };
+    let (value, note) = match count(setup, queries).await {
         Ok(c) => (
             Some(c.per_query),
             format!(
@@ -96,7 +123,7 @@ pub async fn report_served(
                  One at a time, each query is an audit group and a store view of its own, \
                  which under load are shared: more than a query under load costs, and the \
                  same from run to run, so a change to the hub shows here; the runs' profiles \
-                 are {} and {} (callgrind_annotate shows where the instructions go)",
+                 are {} and {} (callgrind_annotate shows where the instructions go).{how}",
                 c.queries.0,
                 c.queries.1,
                 c.queries.1 - c.queries.0,
@@ -114,7 +141,7 @@ pub async fn report_served(
     };
     report.info(
         "cpu",
-        "hub instructions per query, served from snapshots",
+        &format!("hub instructions per query, {}", kind.run()),
         backend,
         value,
         "instructions",

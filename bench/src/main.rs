@@ -67,8 +67,8 @@ struct Args {
     /// frame's inclusive share (`perf-served-*.children.txt`, `perf-fanout-*.children.txt`).
     #[arg(long)]
     call_graph: bool,
-    /// Count the hub's instructions a served query under valgrind's callgrind in a quick run
-    /// too (a full run always does, where valgrind is installed).
+    /// Count the hub's instructions a query (served, and with a live fan-out) under valgrind's
+    /// callgrind in a quick run too (a full run always does, where valgrind is installed).
     #[arg(long)]
     instructions: bool,
     /// Override the larger ILF extract size (the smaller is a quarter of it).

@@ -16,6 +16,7 @@ use tributary::auth::{Role, TokenIssuer};
 use tributary::config::{AuthSettings, DatabaseSettings};
 
 use crate::hub::{self, Hub, HubConfig};
+use crate::instructions::Kind;
 use crate::load::{self, Target};
 use crate::procstat;
 use crate::report::{Goal, Report};
@@ -505,7 +506,7 @@ pub async fn backend_suite(
             ids: &ids,
             keep: &keep,
         };
-        crate::instructions::report_served(setup, args.quick, b, report).await;
+        crate::instructions::measure(setup, Kind::Served, args.quick, b, report).await;
     }
 
     // The live fan-out: nothing cached, every live partner 50 ms away.
@@ -600,6 +601,19 @@ pub async fn backend_suite(
         s.faults.set_latency_ms(0);
     }
     hub.stop().await?;
+    if args.instructions || !args.quick {
+        let keep = args.out.join(format!("callgrind-fanout-{backend}"));
+        let setup = crate::instructions::Setup {
+            binary: &args.hub,
+            config: &config,
+            dir,
+            secret,
+            headers: &headers,
+            ids: &ids,
+            keep: &keep,
+        };
+        crate::instructions::measure(setup, Kind::FanOut, args.quick, b, report).await;
+    }
 
     // The chain must hold after all that.
     let (_, _, verdict) = hub::run_command(&args.hub, &file, &["audit", "verify"], secret).await?;
