@@ -59,6 +59,9 @@ pub struct Faults {
     fault: Mutex<Fault>,
     remaining: AtomicI64,
     hits: AtomicU64,
+    /// Requests being answered now, and the most there have been at once.
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
 }
 
 impl Default for Faults {
@@ -68,6 +71,8 @@ impl Default for Faults {
             fault: Mutex::new(Fault::None),
             remaining: AtomicI64::new(0),
             hits: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
         }
     }
 }
@@ -101,6 +106,18 @@ impl Faults {
     /// How many requests reached the sandbox.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The most requests the sandbox has been answering at once (each counted while its
+    /// latency runs), since it started or since [`Faults::reset_peak_in_flight`].
+    pub fn peak_in_flight(&self) -> u64 {
+        self.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting [`Faults::peak_in_flight`] afresh.
+    pub fn reset_peak_in_flight(&self) {
+        self.peak_in_flight
+            .store(self.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     fn take(&self) -> Fault {
@@ -281,12 +298,33 @@ fn start_one(partner: Partner, world: Arc<World>, index: Arc<Index>) -> std::io:
     })
 }
 
+/// One request counted in [`Faults::in_flight`] until it is dropped (also when its client
+/// goes away and the request is abandoned).
+struct InFlight<'a>(&'a Faults);
+
+impl<'a> InFlight<'a> {
+    fn enter(faults: &'a Faults) -> Self {
+        let now = faults.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        faults.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(faults)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Applies latency and any fault; `None` means answer normally.
 async fn faulted(state: &State) -> Option<HttpResponse> {
     state.faults.hits.fetch_add(1, Ordering::SeqCst);
     let latency = state.faults.latency_ms.load(Ordering::SeqCst);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
+    {
+        let _answering = InFlight::enter(&state.faults);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
     }
     match state.faults.take() {
         Fault::None => None,
