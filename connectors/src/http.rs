@@ -61,8 +61,13 @@ pub struct Partner {
     /// would cross threads twice, the request out and the answer back, each a wake-up.
     clients: thread_local::ThreadLocal<reqwest::Client>,
     max_idle: usize,
-    base_url: String,
-    auth: PartnerAuth,
+    /// The base URL, parsed once: each request's URL is this one with its path and query set,
+    /// not a string parsed afresh (scheme, host and all) three times a view.
+    base: reqwest::Url,
+    /// The credentials' header, built once (marked sensitive, so it is never logged); `None`
+    /// without credentials, or where they cannot be a header value (the partner then answers
+    /// 401, reported as Unauthorized, as before).
+    auth: Option<(HeaderName, HeaderValue)>,
     timeout: Duration,
     retry_budget: Duration,
     max_attempts: usize,
@@ -77,11 +82,20 @@ impl Partner {
         // Built once here, so a client that cannot be built is a configuration error now.
         let clients = thread_local::ThreadLocal::new();
         clients.get_or_try(|| client(timeout, settings.max_concurrency))?;
+        let base = reqwest::Url::parse(settings.base_url.trim_end_matches('/'))
+            .ok()
+            .filter(|u| u.has_host() && !u.cannot_be_a_base())
+            .ok_or_else(|| {
+                ConnectorError::Misconfigured(format!(
+                    "{}: base_url is not an http(s) URL with a host",
+                    settings.id.0
+                ))
+            })?;
         Ok(Self {
             clients,
             max_idle: settings.max_concurrency,
-            base_url: settings.base_url.trim_end_matches('/').to_owned(),
-            auth,
+            base,
+            auth: auth_header(&auth),
             timeout,
             retry_budget: Duration::from_millis(settings.retry_budget_ms),
             max_attempts: settings.max_attempts.max(1),
@@ -103,22 +117,25 @@ impl Partner {
         self.timeout
     }
 
+    /// The URL of `path` (after the base URL's own path; it may end in a query).
+    fn url(&self, path: &str) -> reqwest::Url {
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
+        let mut url = self.base.clone();
+        let mut full = String::with_capacity(self.base.path().len() + path.len());
+        full.push_str(self.base.path().trim_end_matches('/'));
+        full.push_str(path);
+        url.set_path(&full);
+        url.set_query(query);
+        url
+    }
+
     fn headers(&self, if_none_match: Option<&str>) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        match &self.auth {
-            PartnerAuth::None => {}
-            PartnerAuth::Bearer(token) => {
-                if let Ok(value) =
-                    HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-                {
-                    headers.insert(reqwest::header::AUTHORIZATION, value);
-                }
-            }
-            PartnerAuth::Header(name, key) => {
-                if let Ok(value) = HeaderValue::from_str(key.expose_secret()) {
-                    headers.insert(name.clone(), value);
-                }
-            }
+        if let Some((name, value)) = &self.auth {
+            headers.insert(name.clone(), value.clone());
         }
         if let Some(tag) = if_none_match
             && let Ok(value) = HeaderValue::from_str(tag)
@@ -148,7 +165,7 @@ impl Partner {
             .with_max_times(self.max_attempts.saturating_sub(1))
             .with_jitter()
             .build();
-        let url = format!("{}{}", self.base_url, path);
+        let url = self.url(path);
         loop {
             // No attempt outlives the budget: the last one gets only what is left of it.
             let left = deadline.saturating_duration_since(Instant::now());
@@ -179,7 +196,12 @@ impl Partner {
         }
     }
 
-    async fn attempt(&self, url: &str, if_none_match: Option<&str>, timeout: Duration) -> Attempt {
+    async fn attempt(
+        &self,
+        url: &reqwest::Url,
+        if_none_match: Option<&str>,
+        timeout: Duration,
+    ) -> Attempt {
         let client = match self
             .clients
             .get_or_try(|| client(self.timeout, self.max_idle))
@@ -187,7 +209,7 @@ impl Partner {
             Ok(client) => client,
             Err(error) => return Attempt::Fatal(error),
         };
-        let request = client.get(url).headers(self.headers(if_none_match));
+        let request = client.get(url.clone()).headers(self.headers(if_none_match));
         let result = tokio::time::timeout(timeout, async {
             let response = request.send().await?;
             let status = response.status();
@@ -241,6 +263,23 @@ impl Partner {
     }
 }
 
+/// The header `auth` sends, if it can be one.
+fn auth_header(auth: &PartnerAuth) -> Option<(HeaderName, HeaderValue)> {
+    let (name, value) = match auth {
+        PartnerAuth::None => return None,
+        PartnerAuth::Bearer(token) => (
+            reqwest::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())),
+        ),
+        PartnerAuth::Header(name, key) => {
+            (name.clone(), HeaderValue::from_str(key.expose_secret()))
+        }
+    };
+    let mut value = value.ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
+}
+
 enum Attempt {
     Done(Answer),
     Retry(ConnectorError, Option<Duration>),
@@ -292,6 +331,75 @@ pub fn not_found(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn partner(base_url: &str, auth: PartnerAuth) -> Result<Partner, ConnectorError> {
+        let settings = ConnectorSettings::new("phb", crate::config::ConnectorKind::Phb, base_url);
+        Partner::new(&settings, auth)
+    }
+
+    #[test]
+    fn a_request_url_is_the_base_and_the_path_as_one_string_would_parse() {
+        for base in [
+            "http://127.0.0.1:9101",
+            "http://127.0.0.1:9101/",
+            "https://partner.example/api/",
+            "https://partner.example/api/v2",
+        ] {
+            let p = partner(base, PartnerAuth::None).unwrap();
+            for path in [
+                "/phb/v1/patients/9434765919/budgets",
+                "/api/v1/clients?nhs_number=943%20476%205919",
+                "/api/v1/clients/CL%2F1%202/personal-budgets",
+                &format!("/atw/v2/claimants/{}/awards", segment("..")),
+                &format!("/x/{}/y", segment("../..")),
+                "/q?a=1&b=%26",
+            ] {
+                let whole = format!("{}{}", base.trim_end_matches('/'), path);
+                assert_eq!(
+                    p.url(path),
+                    reqwest::Url::parse(&whole).unwrap(),
+                    "{base} + {path}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_base_url_that_is_not_a_url_is_a_configuration_error() {
+        for base in ["http://exa mple", "mailto:x@y.z", "nonsense"] {
+            assert!(
+                matches!(
+                    partner(base, PartnerAuth::None),
+                    Err(ConnectorError::Misconfigured(_))
+                ),
+                "{base}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_go_in_a_sensitive_header_built_once() {
+        let secret = |s: &str| SecretString::from(s.to_owned());
+        let p = partner("http://h:1", PartnerAuth::Bearer(secret("t0k"))).unwrap();
+        let headers = p.headers(Some("\"v1\""));
+        let auth = headers.get(reqwest::header::AUTHORIZATION).unwrap();
+        assert_eq!(auth, "Bearer t0k");
+        assert!(auth.is_sensitive());
+        assert_eq!(headers.get(IF_NONE_MATCH).unwrap(), "\"v1\"");
+        let name = HeaderName::from_static("x-api-key");
+        let p = partner("http://h:1", PartnerAuth::Header(name.clone(), secret("k"))).unwrap();
+        assert_eq!(p.headers(None).get(&name).unwrap(), "k");
+        assert!(p.headers(None).get(&name).unwrap().is_sensitive());
+        // A key that cannot be a header value is not sent (the partner answers 401).
+        let p = partner("http://h:1", PartnerAuth::Bearer(secret("a\nb"))).unwrap();
+        assert!(p.headers(None).is_empty());
+        assert!(
+            partner("http://h:1", PartnerAuth::None)
+                .unwrap()
+                .headers(None)
+                .is_empty()
+        );
+    }
 
     #[test]
     fn segments_are_encoded() {
