@@ -33,8 +33,6 @@ pub struct Counted {
 pub struct Setup<'a> {
     /// The hub binary.
     pub binary: &'a Path,
-    /// Its configuration (each run listens on a port of its own).
-    pub config: &'a HubConfig,
     /// Where the runs' files go.
     pub dir: &'a Path,
     /// The secret its tokens are signed with.
@@ -43,26 +41,33 @@ pub struct Setup<'a> {
     pub headers: &'a [String],
     /// The people asked about, in turn.
     pub ids: &'a [String],
-    /// Where the two runs' callgrind files are kept (`<keep>-few.out` and `<keep>-many.out`),
-    /// for `callgrind_annotate` to show where the instructions go; a function's count in the
-    /// longer less the shorter is its share of the queries, without start-up.
-    pub keep: &'a Path,
+    /// Where the two runs' callgrind files are kept
+    /// (`callgrind-<kind>-<store>-few.out` and `-many.out`), for `callgrind_annotate` to show
+    /// where the instructions go; a function's count in the longer less the shorter is its
+    /// share of the queries, without start-up.
+    pub out: &'a Path,
 }
 
-/// Counts the instructions of a query: the hub of `setup` asked for its people in turn, one
-/// query at a time, `queries.0` times in one run and `queries.1` in the other.
-pub async fn count(setup: Setup<'_>, queries: (usize, usize)) -> anyhow::Result<Counted> {
+/// Counts the instructions of a query: the hub of `setup` on `config` asked for its people in
+/// turn, one query at a time, `queries.0` times in one run and `queries.1` in the other; the
+/// runs' files are kept as `<keep>-few.out` and `<keep>-many.out`.
+pub async fn count(
+    setup: Setup<'_>,
+    config: &HubConfig,
+    queries: (usize, usize),
+    keep: &Path,
+) -> anyhow::Result<Counted> {
     anyhow::ensure!(
         queries.1 > queries.0,
         "the longer run must ask more queries"
     );
-    let few = run(setup, queries.0, "few").await?;
-    let many = run(setup, queries.1, "many").await?;
-    if let Some(parent) = setup.keep.parent() {
+    let few = run(setup, config, queries.0, "few").await?;
+    let many = run(setup, config, queries.1, "many").await?;
+    if let Some(parent) = keep.parent() {
         std::fs::create_dir_all(parent)?;
     }
     for name in ["few", "many"] {
-        let kept = kept(setup.keep, name);
+        let kept = kept(keep, name);
         std::fs::copy(setup.dir.join(format!("callgrind-{name}.out")), &kept)
             .with_context(|| format!("keeping the profile as {}", kept.display()))?;
     }
@@ -94,12 +99,22 @@ impl Kind {
             Kind::FanOut => "live fan-out to the partners",
         }
     }
+
+    /// Its part of the kept files' names.
+    fn stem(self) -> &'static str {
+        match self {
+            Kind::Served => "served",
+            Kind::FanOut => "fanout",
+        }
+    }
 }
 
-/// Counts the instructions of a query of `kind` ([`count`]: 50 and 550 queries, or 20 and 220
-/// in a `quick` run) and reports them for `backend`, or why they could not be counted.
+/// Counts the instructions of a query of `kind` on `config` ([`count`]: 50 and 550 queries, or
+/// 20 and 220 in a `quick` run) and reports them for `backend`, or why they could not be
+/// counted.
 pub async fn measure(
     setup: Setup<'_>,
+    config: &HubConfig,
     kind: Kind,
     quick: bool,
     backend: Option<&str>,
@@ -113,7 +128,12 @@ pub async fn measure(
              short; waiting costs no instructions) and keeps their answers as snapshots."
         }
     };
-    let (value, note) = match count(setup, queries).await {
+    let keep = setup.out.join(format!(
+        "callgrind-{}-{}",
+        kind.stem(),
+        backend.unwrap_or("hub")
+    ));
+    let (value, note) = match count(setup, config, queries, &keep).await {
         Ok(c) => (
             Some(c.per_query),
             format!(
@@ -127,11 +147,8 @@ pub async fn measure(
                 c.queries.0,
                 c.queries.1,
                 c.queries.1 - c.queries.0,
-                kept(setup.keep, "few")
-                    .file_name()
-                    .unwrap_or_default()
-                    .display(),
-                kept(setup.keep, "many")
+                kept(&keep, "few").file_name().unwrap_or_default().display(),
+                kept(&keep, "many")
                     .file_name()
                     .unwrap_or_default()
                     .display(),
@@ -157,15 +174,19 @@ fn kept(keep: &Path, name: &str) -> std::path::PathBuf {
 }
 
 /// One run under callgrind: the hub's whole life, `queries` answered; answers its total.
-async fn run(setup: Setup<'_>, queries: usize, name: &str) -> anyhow::Result<u64> {
+async fn run(
+    setup: Setup<'_>,
+    config: &HubConfig,
+    queries: usize,
+    name: &str,
+) -> anyhow::Result<u64> {
     let Setup {
         binary,
-        config,
         dir,
         secret,
         headers,
         ids,
-        keep: _,
+        out: _,
     } = setup;
     // Each run starts from a store with its log copied back (and on PostgreSQL vacuumed):
     // otherwise the first would copy back what the runs before left, millions of

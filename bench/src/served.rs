@@ -495,18 +495,18 @@ pub async fn backend_suite(
         "polled every 50 ms through the closed-loop and constant-rate runs",
     );
     hub.stop().await?;
-    if args.instructions || !args.quick {
-        let keep = args.out.join(format!("callgrind-served-{backend}"));
-        let setup = crate::instructions::Setup {
-            binary: &args.hub,
-            config: &config,
-            dir,
-            secret,
-            headers: &headers,
-            ids: &ids,
-            keep: &keep,
-        };
-        crate::instructions::measure(setup, Kind::Served, args.quick, b, report).await;
+    // The hub's instructions a query (full runs, and quick runs with --instructions).
+    let counting = args.instructions || !args.quick;
+    let callgrind = crate::instructions::Setup {
+        binary: &args.hub,
+        dir,
+        secret,
+        headers: &headers,
+        ids: &ids,
+        out: &args.out,
+    };
+    if counting {
+        crate::instructions::measure(callgrind, &config, Kind::Served, args.quick, b, report).await;
     }
 
     // The live fan-out: nothing cached, every live partner 50 ms away.
@@ -601,18 +601,8 @@ pub async fn backend_suite(
         s.faults.set_latency_ms(0);
     }
     hub.stop().await?;
-    if args.instructions || !args.quick {
-        let keep = args.out.join(format!("callgrind-fanout-{backend}"));
-        let setup = crate::instructions::Setup {
-            binary: &args.hub,
-            config: &config,
-            dir,
-            secret,
-            headers: &headers,
-            ids: &ids,
-            keep: &keep,
-        };
-        crate::instructions::measure(setup, Kind::FanOut, args.quick, b, report).await;
+    if counting {
+        crate::instructions::measure(callgrind, &config, Kind::FanOut, args.quick, b, report).await;
     }
 
     // The chain must hold after all that.

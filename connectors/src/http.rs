@@ -385,6 +385,7 @@ mod tests {
         let auth = headers.get(reqwest::header::AUTHORIZATION).unwrap();
         assert_eq!(auth, "Bearer t0k");
         assert!(auth.is_sensitive());
+        assert!(!format!("{p:?}").contains("t0k"), "{p:?}");
         assert_eq!(headers.get(IF_NONE_MATCH).unwrap(), "\"v1\"");
         let name = HeaderName::from_static("x-api-key");
         let p = partner("http://h:1", PartnerAuth::Header(name.clone(), secret("k"))).unwrap();

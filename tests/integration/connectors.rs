@@ -378,12 +378,24 @@ async fn a_persons_partners_are_asked_at_once_not_one_after_another() {
     );
 }
 
-/// Asks for `views` first views at once, of different people, every live partner `latency_ms`
+/// Asks a server with nothing cached (and `max_concurrency` on every connector, where given)
+/// for `views` first views at once, of different people, every live partner `latency_ms`
 /// away; answers the most requests the health board was answering at once.
-async fn peak_at_the_partner(app: &TestApp, views: usize, latency_ms: u64) -> u64 {
+async fn peak_at_the_partner(max_concurrency: Option<usize>, views: usize, latency_ms: u64) -> u64 {
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        for c in &mut s.connectors {
+            c.cache_ttl_secs = 0;
+            c.timeout_ms = 10_000;
+            c.retry_budget_ms = 15_000;
+            if let Some(limit) = max_concurrency {
+                c.max_concurrency = limit;
+            }
+        }
+    })
+    .await;
     let ids = app.register_world().await;
     assert!(ids.len() >= views, "the world has {} people", ids.len());
-    for (_, sandbox, _) in live_partners(app) {
+    for (_, sandbox, _) in live_partners(&app) {
         sandbox.faults.set_latency_ms(latency_ms);
         sandbox.faults.reset_peak_in_flight();
     }
@@ -396,30 +408,14 @@ async fn peak_at_the_partner(app: &TestApp, views: usize, latency_ms: u64) -> u6
 
 #[tokio::test]
 async fn a_partner_is_never_asked_more_than_max_concurrency_at_once() {
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        for c in &mut s.connectors {
-            c.cache_ttl_secs = 0;
-            c.max_concurrency = 3;
-            c.timeout_ms = 10_000;
-            c.retry_budget_ms = 15_000;
-        }
-    })
-    .await;
-    assert_eq!(peak_at_the_partner(&app, 8, 300).await, 3);
+    assert_eq!(peak_at_the_partner(Some(3), 8, 300).await, 3);
 }
 
 #[tokio::test]
 async fn concurrent_first_views_are_not_held_back_by_the_default_limit() {
     // 24 views at once reach the partner at once: the default limit (64) does not queue them
     // a partner's round behind each other.
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        for c in &mut s.connectors {
-            c.cache_ttl_secs = 0;
-            c.timeout_ms = 10_000;
-        }
-    })
-    .await;
-    assert_eq!(peak_at_the_partner(&app, 24, 1000).await, 24);
+    assert_eq!(peak_at_the_partner(None, 24, 1000).await, 24);
 }
 
 #[tokio::test]
