@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 
@@ -189,6 +189,11 @@ impl Writing<'_> {
     }
 }
 
+/// An instant as sqlx writes a `DateTime<Utc>` to SQLite: RFC 3339 text.
+pub(crate) fn sqlite_instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
 /// A value as sqlx binds it to SQLite. Only the kinds the hub's entities store are taken.
 fn bound(value: &sea_orm::Value) -> rusqlite::Result<Sql> {
     use sea_orm::Value as V;
@@ -197,10 +202,7 @@ fn bound(value: &sea_orm::Value) -> rusqlite::Result<Sql> {
         V::Int(v) => v.map_or(Sql::Null, |i| Sql::Integer(i.into())),
         V::BigInt(v) => v.map_or(Sql::Null, Sql::Integer),
         V::String(v) => v.clone().map_or(Sql::Null, Sql::Text),
-        // sqlx writes a DateTime<Utc> to SQLite as this RFC 3339 text.
-        V::ChronoDateTimeUtc(v) => v.map_or(Sql::Null, |t| {
-            Sql::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
-        }),
+        V::ChronoDateTimeUtc(v) => v.map_or(Sql::Null, |t| Sql::Text(sqlite_instant(t))),
         V::ChronoDate(v) => v.map_or(Sql::Null, |d| Sql::Text(d.format("%F").to_string())),
         // The value itself is never named: it may be personal data.
         _ => {

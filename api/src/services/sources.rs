@@ -136,7 +136,37 @@ pub async fn store_snapshots_inline(
             w.counted();
             let stored_now = crate::sqlite_reads::stored_versions(w.connection(), &pairs)?;
             let (out, writes) = decide(&prepared, stored_now, now);
-            for statement in write_statements(sea_orm::DbBackend::Sqlite, &writes, now) {
+            // The statement sea-query builds for these rows (see the test), prepared once a
+            // row count and bound with the values borrowed: not built, with every snapshot's
+            // JSON copied into it, on every view.
+            let fetched_at = crate::sqlite_writes::sqlite_instant(now);
+            let ids: Vec<String> = writes
+                .iter()
+                .map(|_| uuid::Uuid::now_v7().to_string())
+                .collect();
+            for (chunk, ids) in writes
+                .chunks(ROWS_A_STATEMENT)
+                .zip(ids.chunks(ROWS_A_STATEMENT))
+            {
+                let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 7);
+                for (write, id) in chunk.iter().zip(ids) {
+                    let p = write.prepared;
+                    values.extend([
+                        id as &dyn rusqlite::ToSql,
+                        &p.connector,
+                        &p.records.subject_key,
+                        &p.records.version,
+                        &p.hash,
+                        &p.json,
+                        &fetched_at,
+                    ]);
+                }
+                w.counted();
+                w.connection()
+                    .prepare_cached(&sqlite_upsert_snapshots(chunk.len()))?
+                    .execute(&*values)?;
+            }
+            for statement in rejected_statements(sea_orm::DbBackend::Sqlite, &writes, now) {
                 w.execute(&statement)?;
             }
             Ok(out)
@@ -305,23 +335,39 @@ fn write_statements(
     writes: &[Write<'_, '_>],
     now: DateTime<Utc>,
 ) -> Vec<sea_orm::Statement> {
+    let mut statements = upsert_statements(backend, writes, now);
+    statements.extend(rejected_statements(backend, writes, now));
+    statements
+}
+
+/// The statement that writes `rows` snapshots on SQLite, each row's values in the entity's
+/// column order (id, connector, subject key, version, content hash, records, fetched at): the
+/// text sea-query builds for as many rows (`upsert_statements`).
+fn sqlite_upsert_snapshots(rows: usize) -> String {
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?)";
+    let mut sql = String::from(
+        "INSERT INTO \"upstream_snapshots\" (\"id\", \"connector\", \"subject_key\", \"version\", \"content_hash\", \"records\", \"fetched_at\") VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(ROW);
+    }
+    sql.push_str(
+        " ON CONFLICT (\"connector\", \"subject_key\") DO UPDATE SET \"version\" = \"excluded\".\"version\", \"content_hash\" = \"excluded\".\"content_hash\", \"records\" = \"excluded\".\"records\", \"fetched_at\" = \"excluded\".\"fetched_at\"",
+    );
+    sql
+}
+
+/// The statements that write `writes`' snapshots (each key once), a few rows a statement.
+fn upsert_statements(
+    backend: sea_orm::DbBackend,
+    writes: &[Write<'_, '_>],
+    now: DateTime<Utc>,
+) -> Vec<sea_orm::Statement> {
     use sea_orm::QueryTrait;
     let mut statements = Vec::new();
-    let mut replaced: HashMap<&str, Vec<&str>> = HashMap::new();
-    let mut rejected_rows = Vec::new();
-    for w in writes.iter().filter(|w| w.replace_rejected) {
-        let records = w.prepared.records;
-        replaced
-            .entry(w.prepared.connector)
-            .or_default()
-            .push(records.subject_key.as_str());
-        rejected_rows.extend(rejected_models(
-            w.prepared.connector,
-            Some(&records.subject_key),
-            &records.rejected,
-            now,
-        ));
-    }
     let rows: Vec<upstream_snapshot::ActiveModel> = writes
         .iter()
         .map(|w| upstream_snapshot::ActiveModel {
@@ -352,6 +398,32 @@ fn write_statements(
                 )
                 .build(backend),
         );
+    }
+    statements
+}
+
+/// The statements that replace the kept rejected records of the `writes` that say so.
+fn rejected_statements(
+    backend: sea_orm::DbBackend,
+    writes: &[Write<'_, '_>],
+    now: DateTime<Utc>,
+) -> Vec<sea_orm::Statement> {
+    use sea_orm::QueryTrait;
+    let mut statements = Vec::new();
+    let mut replaced: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut rejected_rows = Vec::new();
+    for w in writes.iter().filter(|w| w.replace_rejected) {
+        let records = w.prepared.records;
+        replaced
+            .entry(w.prepared.connector)
+            .or_default()
+            .push(records.subject_key.as_str());
+        rejected_rows.extend(rejected_models(
+            w.prepared.connector,
+            Some(&records.subject_key),
+            &records.rejected,
+            now,
+        ));
     }
     for (connector, subjects) in replaced {
         for chunk in subjects.chunks(ROWS_A_STATEMENT) {
@@ -932,7 +1004,56 @@ pub async fn stored_award(
 
 #[cfg(test)]
 mod tests {
-    use super::is_older;
+    use super::*;
+
+    #[test]
+    fn the_inline_snapshot_statement_is_the_one_sea_query_builds_for_a_row() {
+        let records = PersonRecords {
+            subject_key: "NINO:AB123456C".into(),
+            version: Some("7".into()),
+            ..PersonRecords::default()
+        };
+        let other = PersonRecords {
+            subject_key: "NHS_NUMBER:9434765919".into(),
+            ..PersonRecords::default()
+        };
+        let prepared = prepare(&[("access-to-work", &records), ("phb", &other)]).unwrap();
+        let writes: Vec<Write> = prepared
+            .iter()
+            .map(|p| Write {
+                prepared: p,
+                replace_rejected: false,
+            })
+            .collect();
+        let now = Utc::now();
+        for rows in [1, 2] {
+            let built = upsert_statements(sea_orm::DbBackend::Sqlite, &writes[..rows], now);
+            assert_eq!(built.len(), 1);
+            assert_eq!(built[0].sql, sqlite_upsert_snapshots(rows));
+            assert_eq!(built[0].values.as_ref().unwrap().0.len(), 7 * rows);
+        }
+        let built = upsert_statements(sea_orm::DbBackend::Sqlite, &writes[..1], now);
+        // The values in the order the inline writer binds them (the id is fresh each time).
+        let values = &built[0].values.as_ref().unwrap().0;
+        let text = |v: &sea_orm::Value| match v {
+            sea_orm::Value::String(s) => s.clone(),
+            other => panic!("not text: {other:?}"),
+        };
+        assert_eq!(values.len(), 7);
+        assert_eq!(text(&values[1]).as_deref(), Some("access-to-work"));
+        assert_eq!(text(&values[2]).as_deref(), Some("NINO:AB123456C"));
+        assert_eq!(text(&values[3]).as_deref(), Some("7"));
+        assert_eq!(text(&values[4]), Some(prepared[0].hash.clone()));
+        assert_eq!(text(&values[5]), Some(prepared[0].json.clone()));
+        assert_eq!(values[6], sea_orm::Value::ChronoDateTimeUtc(Some(now)));
+        assert!(rejected_statements(sea_orm::DbBackend::Sqlite, &writes, now).is_empty());
+        let two = upsert_statements(sea_orm::DbBackend::Sqlite, &writes, now);
+        assert_eq!(
+            two[0].values.as_ref().unwrap().0[7 + 3],
+            sea_orm::Value::String(None),
+            "no version: NULL"
+        );
+    }
 
     #[test]
     fn versions_compare_as_numbers() {
