@@ -340,24 +340,56 @@ fn write_statements(
     statements
 }
 
-/// The statement that writes `rows` snapshots on SQLite, each row's values in the entity's
-/// column order (id, connector, subject key, version, content hash, records, fetched at): the
-/// text sea-query builds for as many rows (`upsert_statements`).
-fn sqlite_upsert_snapshots(rows: usize) -> String {
-    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?)";
-    let mut sql = String::from(
-        "INSERT INTO \"upstream_snapshots\" (\"id\", \"connector\", \"subject_key\", \"version\", \"content_hash\", \"records\", \"fetched_at\") VALUES ",
-    );
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(ROW);
-    }
-    sql.push_str(
-        " ON CONFLICT (\"connector\", \"subject_key\") DO UPDATE SET \"version\" = \"excluded\".\"version\", \"content_hash\" = \"excluded\".\"content_hash\", \"records\" = \"excluded\".\"records\", \"fetched_at\" = \"excluded\".\"fetched_at\"",
-    );
-    sql
+/// The text of the statement that writes `rows` snapshots on SQLite, each row's values in the
+/// entity's column order (id, connector, subject key, version, content hash, records, fetched
+/// at): [`upsert`]'s, built once a row count (the text does not depend on the values).
+fn sqlite_upsert_snapshots(rows: usize) -> std::sync::Arc<str> {
+    static TEXTS: std::sync::LazyLock<std::sync::Mutex<HashMap<usize, std::sync::Arc<str>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut texts = TEXTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    texts
+        .entry(rows)
+        .or_insert_with(|| {
+            let placeholder = upstream_snapshot::ActiveModel {
+                id: Set(String::new()),
+                connector: Set(String::new()),
+                subject_key: Set(String::new()),
+                version: Set(None),
+                content_hash: Set(String::new()),
+                records: Set(String::new()),
+                fetched_at: Set(DateTime::<Utc>::default()),
+            };
+            upsert(vec![placeholder; rows], sea_orm::DbBackend::Sqlite)
+                .sql
+                .into()
+        })
+        .clone()
+}
+
+/// The statement that writes `rows` (each key once), replacing a stored snapshot of the same
+/// connector and subject, built for `backend`.
+fn upsert(
+    rows: Vec<upstream_snapshot::ActiveModel>,
+    backend: sea_orm::DbBackend,
+) -> sea_orm::Statement {
+    use sea_orm::QueryTrait;
+    upstream_snapshot::Entity::insert_many(rows)
+        .on_conflict(
+            OnConflict::columns([
+                upstream_snapshot::Column::Connector,
+                upstream_snapshot::Column::SubjectKey,
+            ])
+            .update_columns([
+                upstream_snapshot::Column::Version,
+                upstream_snapshot::Column::ContentHash,
+                upstream_snapshot::Column::Records,
+                upstream_snapshot::Column::FetchedAt,
+            ])
+            .to_owned(),
+        )
+        .build(backend)
 }
 
 /// The statements that write `writes`' snapshots (each key once), a few rows a statement.
@@ -366,8 +398,6 @@ fn upsert_statements(
     writes: &[Write<'_, '_>],
     now: DateTime<Utc>,
 ) -> Vec<sea_orm::Statement> {
-    use sea_orm::QueryTrait;
-    let mut statements = Vec::new();
     let rows: Vec<upstream_snapshot::ActiveModel> = writes
         .iter()
         .map(|w| upstream_snapshot::ActiveModel {
@@ -380,26 +410,9 @@ fn upsert_statements(
             fetched_at: Set(now),
         })
         .collect();
-    for chunk in rows.chunks(ROWS_A_STATEMENT) {
-        statements.push(
-            upstream_snapshot::Entity::insert_many(chunk.to_vec())
-                .on_conflict(
-                    OnConflict::columns([
-                        upstream_snapshot::Column::Connector,
-                        upstream_snapshot::Column::SubjectKey,
-                    ])
-                    .update_columns([
-                        upstream_snapshot::Column::Version,
-                        upstream_snapshot::Column::ContentHash,
-                        upstream_snapshot::Column::Records,
-                        upstream_snapshot::Column::FetchedAt,
-                    ])
-                    .to_owned(),
-                )
-                .build(backend),
-        );
-    }
-    statements
+    rows.chunks(ROWS_A_STATEMENT)
+        .map(|chunk| upsert(chunk.to_vec(), backend))
+        .collect()
 }
 
 /// The statements that replace the kept rejected records of the `writes` that say so.
@@ -1029,7 +1042,7 @@ mod tests {
         for rows in [1, 2] {
             let built = upsert_statements(sea_orm::DbBackend::Sqlite, &writes[..rows], now);
             assert_eq!(built.len(), 1);
-            assert_eq!(built[0].sql, sqlite_upsert_snapshots(rows));
+            assert_eq!(built[0].sql.as_str(), &*sqlite_upsert_snapshots(rows));
             assert_eq!(built[0].values.as_ref().unwrap().0.len(), 7 * rows);
         }
         let built = upsert_statements(sea_orm::DbBackend::Sqlite, &writes[..1], now);
