@@ -80,6 +80,10 @@ struct Args {
     /// Override the length of each measured load run, in seconds (at least 1).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     run_secs: Option<u64>,
+    /// Keep the PostgreSQL half's database when the run ends, for inspection (its name is
+    /// printed); by default it is dropped.
+    #[arg(long)]
+    keep_database: bool,
     /// Where criterion wrote its estimates.
     #[arg(long, default_value = "target/criterion")]
     criterion: PathBuf,
@@ -258,7 +262,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     for (backend, url) in &backends {
-        if backend == "postgres" {
+        if backend == "postgres" && args.keep_database {
+            eprintln!("kept the PostgreSQL database: {url}");
+        } else if backend == "postgres" {
             served::drop_postgres_database(&args.postgres, url).await;
         }
     }
