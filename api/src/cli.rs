@@ -41,7 +41,7 @@ pub enum Command {
     /// Refresh every registered person from every connector now (and every bulk extract).
     Sync {
         /// How many people to refresh at once.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = crate::services::sync::DEFAULT_CONCURRENCY)]
         concurrency: usize,
     },
     /// Work with the audit log.

@@ -534,6 +534,34 @@ async fn sync_twice_reports_everything_unchanged_the_second_time() {
     );
 }
 
+#[tokio::test]
+async fn a_sync_refreshes_every_person_at_once_by_default() {
+    // The 60 people of the world, each asked of the health board while it takes 300 ms to
+    // answer: at the default concurrency all 60 are in flight together (at 16, the old
+    // default, no more than 16 were).
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    for (_, sandbox, _) in live_partners(&app) {
+        sandbox.faults.set_latency_ms(300);
+        sandbox.faults.reset_peak_in_flight();
+    }
+    let noop = |_: u64, _: u64| {};
+    let report = tributary::services::sync::run(
+        &app.db,
+        &app.registry,
+        tributary::services::sync::DEFAULT_CONCURRENCY,
+        &noop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.people, ids.len() as u64);
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(
+        app.sandboxes.health_board.faults.peak_in_flight(),
+        ids.len() as u64
+    );
+}
+
 /// What a view asked of the budget service directly needs: an auditor asking for `purpose`,
 /// the person `id`, and the financial year 2026-27.
 async fn direct_view(
