@@ -533,7 +533,7 @@ pub async fn backend_suite(
     };
     // Warmed up first, as the snapshot-served runs are: a hub just started opens its store
     // sessions, prepares its statements and connects to the partners on its first views, a
-    // cost paid once a process, not once a view. Nothing is cached (`cache_ttl_secs = 0`), so
+    // cost paid once a session, not once a view. Nothing is cached (`cache_ttl_secs = 0`), so
     // every measured view still asks every live partner.
     let warming = load::run(&args.oha, &target, 8, Some(rate), plan.warmup).await?;
     let modest = load::run(&args.oha, &target, 8, Some(rate), plan.run).await?;
