@@ -107,6 +107,17 @@ impl Kind {
             Kind::FanOut => "fanout",
         }
     }
+
+    /// What the figure's note adds about how its queries ran.
+    fn how(self) -> &'static str {
+        match self {
+            Kind::Served => "",
+            Kind::FanOut => {
+                " Each query asks the three live partners (with no latency added, so the runs \
+                 are short; waiting costs no instructions) and keeps their answers as snapshots."
+            }
+        }
+    }
 }
 
 /// Counts the instructions of a query of `kind` on `config` ([`count`]: 50 and 550 queries, or
@@ -121,13 +132,7 @@ pub async fn measure(
     report: &mut Report,
 ) {
     let queries = if quick { (20, 220) } else { (50, 550) };
-    let how = match kind {
-        Kind::Served => "",
-        Kind::FanOut => {
-            " Each query asks the three live partners (with no latency added, so the runs are \
-             short; waiting costs no instructions) and keeps their answers as snapshots."
-        }
-    };
+    let how = kind.how();
     let keep = setup.out.join(format!(
         "callgrind-{}-{}",
         kind.stem(),

@@ -262,9 +262,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     for (backend, url) in &backends {
-        if backend == "postgres" && args.keep_database {
+        if backend != "postgres" {
+            continue;
+        }
+        if args.keep_database {
             eprintln!("kept the PostgreSQL database: {url}");
-        } else if backend == "postgres" {
+        } else {
             served::drop_postgres_database(&args.postgres, url).await;
         }
     }

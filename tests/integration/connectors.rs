@@ -378,6 +378,15 @@ async fn a_persons_partners_are_asked_at_once_not_one_after_another() {
     );
 }
 
+/// Every live partner of `app` answers `latency_ms` late from now on, its peak of requests
+/// in flight counted afresh.
+fn slow_partners(app: &TestApp, latency_ms: u64) {
+    for (_, sandbox, _) in live_partners(app) {
+        sandbox.faults.set_latency_ms(latency_ms);
+        sandbox.faults.reset_peak_in_flight();
+    }
+}
+
 /// Asks a server with nothing cached (and `max_concurrency` on every connector, where given)
 /// for `views` first views at once, of different people, every live partner `latency_ms`
 /// away; answers the most requests the health board was answering at once.
@@ -395,10 +404,7 @@ async fn peak_at_the_partner(max_concurrency: Option<usize>, views: usize, laten
     .await;
     let ids = app.register_world().await;
     assert!(ids.len() >= views, "the world has {} people", ids.len());
-    for (_, sandbox, _) in live_partners(&app) {
-        sandbox.faults.set_latency_ms(latency_ms);
-        sandbox.faults.reset_peak_in_flight();
-    }
+    slow_partners(&app, latency_ms);
     let budgets = futures::future::join_all(ids.iter().take(views).map(|id| app.budget(id))).await;
     for budget in &budgets {
         assert!(budget["streams"].is_array(), "{budget}");
@@ -541,10 +547,7 @@ async fn a_sync_refreshes_every_person_at_once_by_default() {
     // default, no more than 16 were).
     let app = spawn_app(Backend::Sqlite).await;
     let ids = app.register_world().await;
-    for (_, sandbox, _) in live_partners(&app) {
-        sandbox.faults.set_latency_ms(300);
-        sandbox.faults.reset_peak_in_flight();
-    }
+    slow_partners(&app, 300);
     let noop = |_: u64, _: u64| {};
     let report = tributary::services::sync::run(
         &app.db,
