@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The benchmark suite: `scripts/bench.sh` (full, about 12 minutes) or `scripts/bench.sh --quick`
-# (under 2 minutes once built). Installs what it needs (oha from crates.io, the peer gateway
+# The benchmark suite: `scripts/bench.sh` (full, about 10 minutes once built) or
+# `scripts/bench.sh --quick` (under 2 minutes once built; a cold release build, optimised at
+# link time, takes about 14 more). Installs what it needs (oha from crates.io, the peer gateway
 # from the npm registry, PostgreSQL if none answers), builds the release binaries, runs the
 # criterion benches, then tributary-bench, which writes bench/results/results.{md,json}.
 # Other flags go to tributary-bench: --no-postgres, --no-peer, --out DIR.
