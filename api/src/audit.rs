@@ -845,13 +845,33 @@ impl Checkpointer {
                     *kept
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
-                    catch_up_wanted.store(log >= catch_up_above, Ordering::Release);
+                    let catch_up = log >= catch_up_above;
+                    if catch_up {
+                        settle_file(&path);
+                    }
+                    catch_up_wanted.store(catch_up, Ordering::Release);
                 }
                 // The connection is closed: the next checkpoint opens another.
                 Err(e) => tracing::warn!(error = %e, "a background checkpoint failed"),
             }
             running.store(false, Ordering::Release);
         }))
+    }
+}
+
+/// Writes the store file's pages out to disk (`fdatasync`) here, on the background
+/// checkpointer's thread, before it asks the group writer to catch up.
+///
+/// A passive checkpoint that stops short of the log's end copies pages into the file without
+/// syncing it; the catch-up, which reaches the end, syncs the file, and so wrote out every page
+/// the background rounds had copied since the last sync, under the write turn, with the
+/// requests waiting. Traced at 100,000 people (`perf trace -e fsync`, 3,000 queries a second),
+/// each catch-up's sync of the file took 12 to 24 ms, one every 3 seconds; its sync of the log
+/// took under 1 ms. Synced here first, the catch-up's sync has only its own few pages to write.
+/// A failure only leaves that work to the catch-up, as before.
+fn settle_file(path: &std::path::Path) {
+    if let Err(e) = std::fs::File::open(path).and_then(|f| f.sync_data()) {
+        tracing::warn!(error = %e, "syncing the store file before a catch-up failed");
     }
 }
 
