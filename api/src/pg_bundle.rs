@@ -7,7 +7,8 @@
 //! view asks, its loaders ask PostgreSQL once for everything the view can ask about (see
 //! `StoreReader::prepare`): one prepared statement whose parameters are the (connector, subject
 //! key) pairs and person ids of every view on the page, answering with each table's rows as a
-//! JSON array, built by the server.
+//! JSON array, built by the server, and the stored snapshots in rows of their own (see
+//! [`VIEWS`]).
 //!
 //! What a [`Bundle`] holds is exactly what the single reads would return, including absence: a
 //! pair it was asked about with no snapshot has none. Anything it was not asked about is left
@@ -22,7 +23,7 @@ use entities::{
     bulk_extract, bulk_record, funding_share, person, person_identifier, plan_item,
     rejected_record, upstream_snapshot,
 };
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 
 use crate::budget::assemble::SourceMeta;
 use crate::coalesce::Answer;
@@ -46,8 +47,15 @@ WITH want AS (
     SELECT DISTINCT p.id FROM json_array_elements_text($2::json) AS p(id)
 ), "#;
 
-/// What both statements read once `want` (the pairs) and `people` (the person ids) are known,
-/// and the columns they answer with; `{extra}` is where a statement adds columns of its own.
+/// What both statements read once `want` (the pairs) and `people` (the person ids) are known.
+/// The first row (`kind` 'b') holds each table's rows as a JSON array, built by the server;
+/// `{extra}` is where a statement adds JSON columns of its own. The stored snapshots follow it,
+/// one row each (`kind` 's'), in their own columns: a snapshot's records are JSON text, which
+/// in a JSON array the server would escape and the hub unescape before reading them as JSON.
+/// Those were the largest values a view reads, and in rows of their own they cost neither:
+/// the benchmark's callgrind put an eighth of the hub's instructions on a served PostgreSQL
+/// query in unescaping them, and `escape_json` was the largest function in the reader's
+/// profile on the server.
 const VIEWS: &str = r#"
 extracts AS (
     SELECT e.* FROM bulk_extracts e
@@ -57,11 +65,7 @@ extracts AS (
         SELECT * FROM plan_items i WHERE i.person_id = p.id OFFSET 0
     ) i
 )
-SELECT {extra}
-    (SELECT coalesce(json_agg(s), '[]') FROM want w CROSS JOIN LATERAL (
-        SELECT * FROM upstream_snapshots s
-        WHERE s.connector = w.connector AND s.subject_key = w.subject_key OFFSET 0
-    ) s)::text AS snapshots,
+SELECT 'b' AS kind, {extra}
     (SELECT coalesce(json_agg(e), '[]') FROM extracts e)::text AS extracts,
     (SELECT coalesce(json_agg(r ORDER BY r.id), '[]')
         FROM extracts e JOIN want w ON w.connector = e.connector CROSS JOIN LATERAL (
@@ -77,12 +81,34 @@ SELECT {extra}
     (SELECT coalesce(json_agg(i ORDER BY i.id), '[]') FROM items i)::text AS items,
     (SELECT coalesce(json_agg(f ORDER BY f.position), '[]') FROM items i CROSS JOIN LATERAL (
         SELECT * FROM funding_shares f WHERE f.plan_item_id = i.id OFFSET 0
-    ) f)::text AS shares
+    ) f)::text AS shares,
+    NULL::varchar AS id, NULL::varchar AS connector, NULL::varchar AS subject_key,
+    NULL::varchar AS version, NULL::varchar AS content_hash, NULL::text AS records,
+    NULL::timestamptz AS fetched_at
+UNION ALL
+SELECT 's', {nulls}
+    s.id, s.connector, s.subject_key, s.version, s.content_hash, s.records, s.fetched_at
+FROM want w CROSS JOIN LATERAL (
+    SELECT * FROM upstream_snapshots s
+    WHERE s.connector = w.connector AND s.subject_key = w.subject_key OFFSET 0
+) s
 "#;
+
+/// The JSON columns of [`VIEWS`]'s first row, besides a statement's own.
+const VIEWS_JSON_COLUMNS: usize = 5;
+
+/// [`VIEWS`] with a statement's own JSON columns (`extra`, each followed by a comma) before
+/// its own, `extra_columns` of them.
+fn views(extra: &str, extra_columns: usize) -> String {
+    VIEWS.replace("{extra}", extra).replace(
+        "{nulls}",
+        &"NULL, ".repeat(extra_columns + VIEWS_JSON_COLUMNS),
+    )
+}
 
 /// The views' statement for pairs and people given.
 static BUNDLE_SQL: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{BUNDLE_CTES}{}", VIEWS.replace("{extra}", "")));
+    std::sync::LazyLock::new(|| format!("{BUNDLE_CTES}{}", views("", 0)));
 
 /// People by hub id with their identifiers, and everything their views can ask, in one
 /// statement (see [`read_people_views`]). `$1`: the person ids, as a JSON array of strings;
@@ -111,11 +137,11 @@ WITH people AS (
         ON l.scheme = i.scheme
     ORDER BY i.person_id, l.connector, l.rank, i.value COLLATE "C"
 ), {}"#,
-        VIEWS.replace(
-            "{extra}",
+        views(
             "(SELECT coalesce(json_agg(p), '[]') FROM people p)::text AS persons,
     (SELECT coalesce(json_agg(i), '[]') FROM identifiers i)::text AS identifiers,
     (SELECT coalesce(json_agg(w), '[]') FROM want w)::text AS pairs,",
+            3,
         )
     )
 });
@@ -179,40 +205,55 @@ pub async fn read(
     pairs: &[(String, String)],
     people: &[String],
 ) -> ApiResult<Bundle> {
-    let want: Vec<serde_json::Value> = pairs
+    #[derive(serde::Serialize)]
+    struct Want<'a> {
+        connector: &'a str,
+        subject_key: &'a str,
+    }
+    let want: Vec<Want<'_>> = pairs
         .iter()
-        .map(|(connector, subject_key)| {
-            serde_json::json!({ "connector": connector, "subject_key": subject_key })
+        .map(|(connector, subject_key)| Want {
+            connector,
+            subject_key,
         })
         .collect();
     let statement = Statement::from_sql_and_values(
         DbBackend::Postgres,
         BUNDLE_SQL.as_str(),
-        [
-            serde_json::Value::Array(want).to_string().into(),
-            serde_json::json!(people).to_string().into(),
-        ],
+        [json_text(&want)?.into(), json_text(people)?.into()],
     );
-    let row = db
-        .query_one_raw(statement)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the view's read returned no row")))?;
+    let rows = db.query_all_raw(statement).await?;
     fill(
         Bundle {
             pairs: pairs.iter().cloned().collect(),
             people: people.iter().cloned().collect(),
             ..Bundle::default()
         },
-        &row,
+        &rows,
     )
 }
 
-/// `bundle` (its pairs and people set) with the rows `row` answered for them.
-fn fill(mut bundle: Bundle, row: &sea_orm::QueryResult) -> ApiResult<Bundle> {
-    for snapshot in column::<upstream_snapshot::Model>(row, "snapshots")? {
+/// The first row of a views' statement (see [`VIEWS`]): the one holding the JSON columns.
+fn json_row(rows: &[sea_orm::QueryResult]) -> ApiResult<&sea_orm::QueryResult> {
+    rows.iter()
+        .find(|row| {
+            row.try_get::<String>("", "kind")
+                .is_ok_and(|kind| kind == "b")
+        })
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the views' read returned no row")))
+}
+
+/// `bundle` (its pairs and people set) with the rows a views' statement answered for them.
+fn fill(mut bundle: Bundle, rows: &[sea_orm::QueryResult]) -> ApiResult<Bundle> {
+    for snapshot_row in rows {
+        if snapshot_row.try_get::<String>("", "kind")? != "s" {
+            continue;
+        }
+        let snapshot = upstream_snapshot::Model::from_query_result(snapshot_row, "")?;
         let key = (snapshot.connector.clone(), snapshot.subject_key.clone());
         bundle.snapshots.insert(key, decode_snapshot(snapshot)?);
     }
+    let row = json_row(rows)?;
     for extract in column::<bulk_extract::Model>(row, "extracts")? {
         bundle.extracts.insert(extract.connector.clone(), extract);
     }
@@ -238,22 +279,38 @@ fn fill(mut bundle: Bundle, row: &sea_orm::QueryResult) -> ApiResult<Bundle> {
     Ok(bundle)
 }
 
+/// `value` as a statement's JSON parameter.
+fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> ApiResult<String> {
+    serde_json::to_string(value).map_err(|e| ApiError::internal(e, "writing a read's parameters"))
+}
+
 /// The lookup schemes of every connector whose snapshots a view reads before it asks, as
-/// [`PEOPLE_VIEWS_SQL`] takes them: (connector id, scheme, its rank in the connector's order).
-/// A partner asked on every view has its snapshot read only if it fails (see
-/// `sources::gather`).
-pub fn lookups(registry: &connectors::Registry) -> Vec<(String, &'static str, usize)> {
-    registry
+/// [`PEOPLE_VIEWS_SQL`] takes them (its `$2`): a JSON array of each connector id, scheme and
+/// the scheme's rank in the connector's order. A partner asked on every view has its snapshot
+/// read only if it fails (see `sources::gather`).
+pub fn lookups(registry: &connectors::Registry) -> ApiResult<String> {
+    #[derive(serde::Serialize)]
+    struct Lookup<'a> {
+        connector: &'a str,
+        scheme: &'static str,
+        rank: usize,
+    }
+    let lookups: Vec<Lookup<'_>> = registry
         .all()
         .filter(|c| !crate::services::sources::always_asked(c.as_ref()))
         .flat_map(|c| {
-            let id = c.settings().id.as_str().to_owned();
+            let connector = c.settings().id.as_str();
             c.schemes()
                 .into_iter()
                 .enumerate()
-                .map(move |(rank, s)| (id.clone(), s.as_str(), rank))
+                .map(move |(rank, s)| Lookup {
+                    connector,
+                    scheme: s.as_str(),
+                    rank,
+                })
         })
-        .collect()
+        .collect();
+    json_text(&lookups)
 }
 
 /// People found among `ids` and their views' rows: what [`read_people_views`] answers.
@@ -272,34 +329,23 @@ pub struct PeopleViews {
 pub async fn read_people_views(
     db: &impl ConnectionTrait,
     ids: &[String],
-    lookups: &[(String, &'static str, usize)],
+    lookups: &str,
 ) -> ApiResult<PeopleViews> {
-    let lookups: Vec<serde_json::Value> = lookups
-        .iter()
-        .map(|(connector, scheme, rank)| {
-            serde_json::json!({ "connector": connector, "scheme": scheme, "rank": rank })
-        })
-        .collect();
     let statement = Statement::from_sql_and_values(
         DbBackend::Postgres,
         PEOPLE_VIEWS_SQL.as_str(),
-        [
-            serde_json::json!(ids).to_string().into(),
-            serde_json::Value::Array(lookups).to_string().into(),
-        ],
+        [json_text(ids)?.into(), lookups.into()],
     );
-    let row = db
-        .query_one_raw(statement)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the people's read returned no row")))?;
-    let rows = column::<person::Model>(&row, "persons")?;
-    let identifiers = column::<person_identifier::Model>(&row, "identifiers")?;
+    let answer = db.query_all_raw(statement).await?;
+    let row = json_row(&answer)?;
+    let rows = column::<person::Model>(row, "persons")?;
+    let identifiers = column::<person_identifier::Model>(row, "identifiers")?;
     #[derive(serde::Deserialize)]
     struct Pair {
         connector: String,
         subject_key: String,
     }
-    let pairs = column::<Pair>(&row, "pairs")?
+    let pairs = column::<Pair>(row, "pairs")?
         .into_iter()
         .map(|p| (p.connector, p.subject_key))
         .collect();
@@ -311,7 +357,7 @@ pub async fn read_people_views(
             people: rows.iter().map(|p| p.id.clone()).collect(),
             ..Bundle::default()
         },
-        &row,
+        &answer,
     )
     .inspect_err(|e| tracing::warn!(error = %e, "a view's rows read with its person are unusable"))
     .ok()

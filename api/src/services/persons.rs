@@ -586,7 +586,7 @@ pub async fn get_served_with_views(
     };
     let id = parse_person_id(id)?;
     let on = reads.clone();
-    let lookups = Arc::new(crate::pg_bundle::lookups(registry));
+    let lookups: Arc<str> = crate::pg_bundle::lookups(registry)?.into();
     let found = reads
         .person_views
         .read(id.clone(), move |ids: Vec<String>| {
