@@ -48,14 +48,13 @@ WITH want AS (
 ), "#;
 
 /// What both statements read once `want` (the pairs) and `people` (the person ids) are known.
-/// The first row (`kind` 'b') holds each table's rows as a JSON array, built by the server;
-/// `{extra}` is where a statement adds JSON columns of its own. The stored snapshots follow it,
-/// one row each (`kind` 's'), in their own columns: a snapshot's records are JSON text, which
-/// in a JSON array the server would escape and the hub unescape before reading them as JSON.
-/// Those were the largest values a view reads, and in rows of their own they cost neither:
-/// the benchmark's callgrind put an eighth of the hub's instructions on a served PostgreSQL
-/// query in unescaping them, and `escape_json` was the largest function in the reader's
-/// profile on the server.
+/// One row (`kind` 'b') holds each table's rows as a JSON array, built by the server; `{extra}`
+/// is where a statement adds JSON columns of its own. The stored snapshots come in rows of
+/// their own (`kind` 's'), in their own columns: a snapshot's records are JSON text, which in a
+/// JSON array the server would escape and the hub unescape before reading it as JSON. They are
+/// the largest values a view reads: in rows of their own, the hub's instructions a served
+/// PostgreSQL query fell 5% (callgrind), and `escape_json` had been the largest function in
+/// the reader's profile on the server.
 const VIEWS: &str = r#"
 extracts AS (
     SELECT e.* FROM bulk_extracts e
@@ -97,8 +96,8 @@ FROM want w CROSS JOIN LATERAL (
 /// The JSON columns of [`VIEWS`]'s first row, besides a statement's own.
 const VIEWS_JSON_COLUMNS: usize = 5;
 
-/// [`VIEWS`] with a statement's own JSON columns (`extra`, each followed by a comma) before
-/// its own, `extra_columns` of them.
+/// [`VIEWS`] with a statement's own JSON columns: `extra`, `extra_columns` of them, each
+/// followed by a comma.
 fn views(extra: &str, extra_columns: usize) -> String {
     VIEWS.replace("{extra}", extra).replace(
         "{nulls}",
@@ -233,7 +232,7 @@ pub async fn read(
     )
 }
 
-/// The first row of a views' statement (see [`VIEWS`]): the one holding the JSON columns.
+/// The row of a views' statement holding the JSON columns (see [`VIEWS`]).
 fn json_row(rows: &[sea_orm::QueryResult]) -> ApiResult<&sea_orm::QueryResult> {
     rows.iter()
         .find(|row| {
