@@ -31,7 +31,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::pg_reads::PgReads;
 use crate::services::persons::PersonRecord;
 use crate::services::plan::{self, Item};
-use crate::services::sources::decode_snapshot;
+use crate::services::sources::usable_snapshot;
 
 /// `$1`: the pairs, as a JSON array of `{"connector", "subject_key"}`; `$2`: the person ids,
 /// as a JSON array of strings. Rows come in the order the single reads give them.
@@ -250,7 +250,9 @@ fn fill(mut bundle: Bundle, rows: &[sea_orm::QueryResult]) -> ApiResult<Bundle> 
         }
         let snapshot = upstream_snapshot::Model::from_query_result(snapshot_row, "")?;
         let key = (snapshot.connector.clone(), snapshot.subject_key.clone());
-        bundle.snapshots.insert(key, decode_snapshot(snapshot)?);
+        if let Some(snapshot) = usable_snapshot(snapshot) {
+            bundle.snapshots.insert(key, snapshot);
+        }
     }
     let row = json_row(rows)?;
     for extract in column::<bulk_extract::Model>(row, "extracts")? {
@@ -348,8 +350,9 @@ pub async fn read_people_views(
         .into_iter()
         .map(|p| (p.connector, p.subject_key))
         .collect();
-    // Rows a view cannot use (a stored snapshot that does not decode) leave the views to read
-    // for themselves, which report the fault on the budget, as they would have without this.
+    // Rows a view cannot use (a JSON column that does not decode) leave the views to read for
+    // themselves, as they would have without this. A stored snapshot that does not decode is
+    // read as none, here as by the views' own reads (`sources::usable_snapshot`).
     let bundle = fill(
         Bundle {
             pairs,

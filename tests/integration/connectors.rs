@@ -914,3 +914,45 @@ async fn an_uncached_view_reads_a_snapshot_only_when_it_stands(backend: Backend)
 }
 
 tributary_tests::on_both_backends!(an_uncached_view_reads_a_snapshot_only_when_it_stands);
+
+/// A view served from the store whose stored snapshot cannot be decoded: the person and their
+/// other streams are still served from their snapshots, and the unreadable stream is asked of
+/// its partner, whose answer replaces the damaged row. One damaged row used to fail the whole
+/// budget with INTERNAL. On PostgreSQL the person and every view's rows come in one statement
+/// (`pg_bundle`), which reads the damaged row as none, as the views' own reads do.
+async fn a_served_view_with_an_unreadable_snapshot_asks_its_partner(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ids = app.register_world().await;
+    let first = app.budget(&ids[0]).await;
+    assert_eq!(status(&first, "phb"), "FRESH", "{backend:?}: {first}");
+    let health_board = &app.sandboxes.health_board.faults;
+    let asked_before = health_board.hits();
+    app.execute("UPDATE upstream_snapshots SET records = 'not json' WHERE connector = 'phb'")
+        .await;
+
+    let second = app.budget(&ids[0]).await;
+    assert_eq!(status(&second, "phb"), "FRESH", "{backend:?}: {second}");
+    assert_eq!(
+        stream(&second, "phb").unwrap()["gross"],
+        stream(&first, "phb").unwrap()["gross"],
+        "{backend:?}: the partner's answer is served"
+    );
+    assert_eq!(
+        health_board.hits(),
+        asked_before + 1,
+        "{backend:?}: the health board was asked again"
+    );
+    assert_eq!(
+        status(&second, "la-social-care"),
+        "FRESH",
+        "{backend:?}: {second}"
+    );
+    assert_eq!(
+        app.scalar::<i64>("SELECT count(*) FROM upstream_snapshots WHERE records = 'not json'")
+            .await,
+        0,
+        "{backend:?}: the damaged snapshot was replaced by the answer"
+    );
+}
+
+tributary_tests::on_both_backends!(a_served_view_with_an_unreadable_snapshot_asks_its_partner);

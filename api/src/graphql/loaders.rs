@@ -15,7 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::pg_bundle::{self, Bundle};
 use crate::reader::Reader;
 use crate::services::plan::{self, Item};
-use crate::services::sources::{self, Kept, StoreReader, decode_snapshot};
+use crate::services::sources::{self, Kept, StoreReader, usable_snapshot};
 
 type Shared<E> = Arc<E>;
 
@@ -73,7 +73,9 @@ impl Loader<(String, String)> for Snapshots {
                 .is_some_and(|s| s.contains(&row.subject_key.as_str()));
             if wanted {
                 let key = (row.connector.clone(), row.subject_key.clone());
-                out.insert(key, decode_snapshot(row).map_err(shared)?);
+                if let Some(snapshot) = usable_snapshot(row) {
+                    out.insert(key, snapshot);
+                }
             }
         }
         Ok(out)

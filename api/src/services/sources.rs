@@ -509,13 +509,12 @@ async fn load_snapshot(
     connector: &str,
     subject_key: &str,
 ) -> ApiResult<Option<(PersonRecords, SourceMeta)>> {
-    upstream_snapshot::Entity::find()
+    Ok(upstream_snapshot::Entity::find()
         .filter(upstream_snapshot::Column::Connector.eq(connector))
         .filter(upstream_snapshot::Column::SubjectKey.eq(subject_key))
         .one(db)
         .await?
-        .map(decode_snapshot)
-        .transpose()
+        .and_then(usable_snapshot))
 }
 
 /// Reads from the snapshot store. Services read directly; the GraphQL layer hands in a reader
@@ -615,6 +614,23 @@ impl StoreReader for DirectStore<'_> {
                 .unwrap_or_default(),
         )
     }
+}
+
+/// A stored snapshot row as a view reads it: `None` when its records cannot be decoded. Such a
+/// row holds nothing a view could serve, so the view treats the stream as having no snapshot:
+/// it asks the partner, and a good answer replaces the row. Had it failed the read instead,
+/// one damaged row would cost the person their whole budget. Logged by stream only: a subject
+/// key holds a person's identifier, and the decoder's message can quote the row's values.
+pub fn usable_snapshot(row: upstream_snapshot::Model) -> Option<(PersonRecords, SourceMeta)> {
+    let stream = row.connector.clone();
+    decode_snapshot(row)
+        .inspect_err(|_| {
+            tracing::warn!(
+                %stream,
+                "a stored snapshot cannot be read; the view asks the partner instead"
+            );
+        })
+        .ok()
 }
 
 /// Decodes a stored snapshot row.
