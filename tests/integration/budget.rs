@@ -1374,7 +1374,7 @@ async fn snapshots_stored_in_one_batch_keep_the_versioning_rules() {
 /// what each answered is what was stored (PostgreSQL keeps instants to the microsecond).
 #[tokio::test]
 async fn a_views_one_statement_stores_exactly_what_the_transaction_stores() {
-    use tributary::services::sources::{Stored, decode_snapshot};
+    use tributary::services::sources::{Stored, usable_snapshot};
 
     let app = spawn_app(Backend::Postgres).await;
     let (viewed, pooled) = (full_records("NHS:1", "3"), full_records("NHS:2", "3"));
@@ -1391,7 +1391,7 @@ async fn a_views_one_statement_stores_exactly_what_the_transaction_stores() {
         let row = stored_snapshot_of(&app.db, records).await;
         assert_eq!(row.content_hash, meta.content_hash);
         assert_eq!(micros(row.fetched_at), micros(meta.fetched_at));
-        let (decoded, _) = decode_snapshot(row).unwrap();
+        let (decoded, _) = usable_snapshot(row).expect("the stored snapshot decodes");
         assert_eq!(&decoded, records);
         let rejected = rejected_of(&app.db, &records.subject_key).await;
         assert_eq!(rejected.len(), 1);
@@ -1561,7 +1561,7 @@ fn full_records(key: &str, version: &str) -> connectors::PersonRecords {
 #[tokio::test]
 async fn sea_orm_reads_back_exactly_what_the_inline_snapshot_writer_wrote() {
     use sea_orm::{ConnectionTrait, Statement};
-    use tributary::services::sources::{Stored, decode_snapshot};
+    use tributary::services::sources::{Stored, usable_snapshot};
 
     let app = spawn_app(Backend::Sqlite).await;
     let local = tributary::sqlite_reads::SqliteReads::open(&app.database_url, Default::default())
@@ -1577,7 +1577,7 @@ async fn sea_orm_reads_back_exactly_what_the_inline_snapshot_writer_wrote() {
         assert_eq!(*stored, Stored::Changed);
         let row = stored_snapshot_of(&app.db, records).await;
         assert_eq!(row.fetched_at, meta.fetched_at, "to the nanosecond");
-        let (decoded, stored_meta) = decode_snapshot(row).unwrap();
+        let (decoded, stored_meta) = usable_snapshot(row).expect("the stored snapshot decodes");
         assert_eq!(&decoded, records);
         assert_eq!(&stored_meta, meta);
 
@@ -1746,7 +1746,7 @@ async fn store_either(
 async fn the_postgres_bundle_reads_exactly_what_sea_orm_reads() {
     use entities::{bulk_extract, bulk_record, rejected_record, upstream_snapshot};
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
-    use tributary::services::{plan, sources::decode_snapshot};
+    use tributary::services::{plan, sources::usable_snapshot};
 
     let (app, ids) = synced_world_with_a_plan(Backend::Postgres).await;
     let snapshots = upstream_snapshot::Entity::find()
@@ -1793,7 +1793,9 @@ async fn the_postgres_bundle_reads_exactly_what_sea_orm_reads() {
     for row in &snapshots {
         assert_eq!(
             bundle.snapshot(&row.connector, &row.subject_key),
-            Some(Some(decode_snapshot(row.clone()).unwrap()))
+            Some(Some(
+                usable_snapshot(row.clone()).expect("the stored snapshot decodes")
+            ))
         );
     }
     assert_eq!(bundle.snapshot("phb", "NHS_NUMBER:0000000000"), Some(None));

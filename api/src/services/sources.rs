@@ -622,22 +622,14 @@ impl StoreReader for DirectStore<'_> {
 /// one damaged row would cost the person their whole budget. Logged by stream only: a subject
 /// key holds a person's identifier, and the decoder's message can quote the row's values.
 pub fn usable_snapshot(row: upstream_snapshot::Model) -> Option<(PersonRecords, SourceMeta)> {
-    let stream = row.connector.clone();
-    decode_snapshot(row)
-        .inspect_err(|_| {
-            tracing::warn!(
-                %stream,
-                "a stored snapshot cannot be read; the view asks the partner instead"
-            );
-        })
-        .ok()
-}
-
-/// Decodes a stored snapshot row.
-pub fn decode_snapshot(row: upstream_snapshot::Model) -> ApiResult<(PersonRecords, SourceMeta)> {
-    let records: PersonRecords = serde_json::from_str(&row.records)
-        .map_err(|e| ApiError::internal(e, "a stored snapshot cannot be read"))?;
-    Ok((
+    let Ok(records) = serde_json::from_str::<PersonRecords>(&row.records) else {
+        tracing::warn!(
+            stream = %row.connector,
+            "a stored snapshot cannot be read; the view asks the partner instead"
+        );
+        return None;
+    };
+    Some((
         records,
         SourceMeta {
             connector: row.connector,
