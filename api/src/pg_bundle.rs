@@ -222,39 +222,51 @@ pub async fn read(
         [json_text(&want)?.into(), json_text(people)?.into()],
     );
     let rows = db.query_all_raw(statement).await?;
+    let (json, snapshots) = split(&rows)?;
     fill(
         Bundle {
             pairs: pairs.iter().cloned().collect(),
             people: people.iter().cloned().collect(),
             ..Bundle::default()
         },
-        &rows,
+        json,
+        &snapshots,
     )
 }
 
-/// The row of a views' statement holding the JSON columns (see [`VIEWS`]).
-fn json_row(rows: &[sea_orm::QueryResult]) -> ApiResult<&sea_orm::QueryResult> {
-    rows.iter()
-        .find(|row| {
-            row.try_get::<String>("", "kind")
-                .is_ok_and(|kind| kind == "b")
-        })
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the views' read returned no row")))
+/// A views' statement's rows (see [`VIEWS`]), each told apart by its `kind` once: the row
+/// holding the JSON columns, and the stored snapshots' rows.
+fn split(
+    rows: &[sea_orm::QueryResult],
+) -> ApiResult<(&sea_orm::QueryResult, Vec<&sea_orm::QueryResult>)> {
+    let mut json = None;
+    let mut snapshots = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.try_get::<String>("", "kind")? == "s" {
+            snapshots.push(row);
+        } else {
+            json = Some(row);
+        }
+    }
+    let json =
+        json.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the views' read returned no row")))?;
+    Ok((json, snapshots))
 }
 
-/// `bundle` (its pairs and people set) with the rows a views' statement answered for them.
-fn fill(mut bundle: Bundle, rows: &[sea_orm::QueryResult]) -> ApiResult<Bundle> {
-    for snapshot_row in rows {
-        if snapshot_row.try_get::<String>("", "kind")? != "s" {
-            continue;
-        }
+/// `bundle` (its pairs and people set) with what a views' statement answered for them: its
+/// JSON row and its snapshots' rows (see [`split`]).
+fn fill(
+    mut bundle: Bundle,
+    row: &sea_orm::QueryResult,
+    snapshots: &[&sea_orm::QueryResult],
+) -> ApiResult<Bundle> {
+    for &snapshot_row in snapshots {
         let snapshot = upstream_snapshot::Model::from_query_result(snapshot_row, "")?;
         let key = (snapshot.connector.clone(), snapshot.subject_key.clone());
         if let Some(snapshot) = usable_snapshot(snapshot) {
             bundle.snapshots.insert(key, snapshot);
         }
     }
-    let row = json_row(rows)?;
     for extract in column::<bulk_extract::Model>(row, "extracts")? {
         bundle.extracts.insert(extract.connector.clone(), extract);
     }
@@ -338,7 +350,7 @@ pub async fn read_people_views(
         [json_text(ids)?.into(), lookups.into()],
     );
     let answer = db.query_all_raw(statement).await?;
-    let row = json_row(&answer)?;
+    let (row, snapshots) = split(&answer)?;
     let rows = column::<person::Model>(row, "persons")?;
     let identifiers = column::<person_identifier::Model>(row, "identifiers")?;
     #[derive(serde::Deserialize)]
@@ -359,7 +371,8 @@ pub async fn read_people_views(
             people: rows.iter().map(|p| p.id.clone()).collect(),
             ..Bundle::default()
         },
-        &answer,
+        row,
+        &snapshots,
     )
     .inspect_err(|e| tracing::warn!(error = %e, "a view's rows read with its person are unusable"))
     .ok()
