@@ -415,11 +415,11 @@ async fn write_group(
         && let Some(expected) = head.take()
         && let Some((sql, values, moved)) = append_if_head_is(&expected, &groups)
         && match appender {
-            Some(appender) => appender.execute(db, sql, values).await?,
+            Some(appender) => appender.execute(db, &sql, values).await?,
             None => {
                 let statement = sea_orm::Statement::from_sql_and_values(
                     sea_orm::DatabaseBackend::Postgres,
-                    sql,
+                    sql.into_owned(),
                     values,
                 );
                 db.execute_raw(statement).await?.rows_affected()
@@ -593,11 +593,15 @@ impl PgAppender {
 /// One PostgreSQL statement that appends `groups` after `expected` (seq, hash) only if the
 /// head is still there, moving the head to the returned (seq, hash) in the same statement:
 /// its text (see [`append_text`]) and values. The columns and values are the entity's own, as
-/// sea-orm would insert them. `None` for more than [`ONE_STATEMENT_EVENTS`] events.
+/// sea-orm would insert them. `None` for no events or more than [`ONE_STATEMENT_EVENTS`].
 fn append_if_head_is(
     expected: &(i64, String),
     groups: &[(&Principal, &[NewEvent<'_>])],
-) -> Option<(&'static str, sea_orm::Values, (i64, String))> {
+) -> Option<(
+    std::borrow::Cow<'static, str>,
+    sea_orm::Values,
+    (i64, String),
+)> {
     use sea_orm::Iterable;
     let (rows, moved) = chained(expected.clone(), groups);
     let sql = append_text(rows.len())?;
@@ -620,43 +624,53 @@ fn append_if_head_is(
 /// The columns of an audit event's row.
 const APPEND_COLUMNS: usize = 13;
 
-/// [`append_if_head_is`]'s text for `rows` events, written once a size and kept: it depends
-/// only on the number of rows, and writing it for every group (thirteen placeholders an
-/// event, each formatted) was 5% of a served query's instructions on PostgreSQL. `None` above
-/// [`ONE_STATEMENT_EVENTS`].
-fn append_text(rows: usize) -> Option<&'static str> {
-    static TEXTS: std::sync::LazyLock<Vec<std::sync::OnceLock<String>>> =
+/// [`append_if_head_is`]'s text for `rows` events: written once for each size up to
+/// [`KEPT_TEXTS`] events and kept, written afresh for a larger group (rarer, and its cost spread
+/// over more events). It depends only on the number of rows, and writing it for every group
+/// (thirteen placeholders an event, each formatted) was 5% of a served query's instructions on
+/// PostgreSQL. `None` for no events or more than [`ONE_STATEMENT_EVENTS`].
+fn append_text(rows: usize) -> Option<std::borrow::Cow<'static, str>> {
+    static KEPT: std::sync::LazyLock<Vec<std::sync::OnceLock<String>>> =
         std::sync::LazyLock::new(|| {
-            (0..=ONE_STATEMENT_EVENTS)
+            (0..=KEPT_TEXTS)
                 .map(|_| std::sync::OnceLock::new())
                 .collect()
         });
-    if rows == 0 {
+    if rows == 0 || rows > ONE_STATEMENT_EVENTS {
         return None;
     }
-    let text = TEXTS.get(rows)?.get_or_init(|| {
-        use sea_orm::{IdenStatic, Iterable};
-        use std::fmt::Write as _;
-        let names: Vec<&str> = audit_event::Column::iter().map(|c| c.as_str()).collect();
-        let mut tuples = String::with_capacity(rows * APPEND_COLUMNS * 6);
-        let mut mark = 4;
-        for row in 0..rows {
-            tuples.push_str(if row == 0 { "(" } else { ", (" });
-            for column in 0..names.len() {
-                mark += 1;
-                let _ = write!(tuples, "{}${mark}", if column == 0 { "" } else { ", " });
-            }
-            tuples.push(')');
+    Some(match KEPT.get(rows) {
+        Some(kept) => std::borrow::Cow::Borrowed(kept.get_or_init(|| write_append_text(rows))),
+        None => std::borrow::Cow::Owned(write_append_text(rows)),
+    })
+}
+
+/// The most events a group can hold for [`append_text`] to keep its text: all kept, the texts
+/// take about 180 kB (every size up to 500 would take about 11 MB).
+const KEPT_TEXTS: usize = 64;
+
+/// Writes [`append_if_head_is`]'s text for `rows` events.
+fn write_append_text(rows: usize) -> String {
+    use sea_orm::{IdenStatic, Iterable};
+    use std::fmt::Write as _;
+    let names: Vec<&str> = audit_event::Column::iter().map(|c| c.as_str()).collect();
+    let mut tuples = String::with_capacity(rows * APPEND_COLUMNS * 6);
+    let mut mark = 4;
+    for row in 0..rows {
+        tuples.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..names.len() {
+            mark += 1;
+            let _ = write!(tuples, "{}${mark}", if column == 0 { "" } else { ", " });
         }
-        format!(
-            "WITH head AS (UPDATE audit_head SET seq = $1, hash = $2 \
-             WHERE id = 1 AND seq = $3 AND hash = $4 RETURNING id) \
-             INSERT INTO audit_events ({}) \
-             SELECT * FROM (VALUES {tuples}) AS v WHERE EXISTS (SELECT 1 FROM head)",
-            names.join(", "),
-        )
-    });
-    Some(text.as_str())
+        tuples.push(')');
+    }
+    format!(
+        "WITH head AS (UPDATE audit_head SET seq = $1, hash = $2 \
+         WHERE id = 1 AND seq = $3 AND hash = $4 RETURNING id) \
+         INSERT INTO audit_events ({}) \
+         SELECT * FROM (VALUES {tuples}) AS v WHERE EXISTS (SELECT 1 FROM head)",
+        names.join(", "),
+    )
 }
 
 /// `groups`' events chained after `head` (seq, hash): their rows, and the head they leave.
@@ -1267,10 +1281,22 @@ mod tests {
         assert_eq!(columns.len(), super::APPEND_COLUMNS);
         assert_eq!(super::append_text(0), None);
         assert_eq!(super::append_text(super::ONE_STATEMENT_EVENTS + 1), None);
-        for rows in [1, 2, 7, super::ONE_STATEMENT_EVENTS] {
+        for rows in [
+            1,
+            2,
+            7,
+            super::KEPT_TEXTS,
+            super::KEPT_TEXTS + 1,
+            super::ONE_STATEMENT_EVENTS,
+        ] {
             let text = super::append_text(rows).expect("a text");
-            // The same text is kept, not written again.
-            assert!(std::ptr::eq(text, super::append_text(rows).unwrap()));
+            // Up to KEPT_TEXTS events the same text is kept, not written again; above, each
+            // group writes its own.
+            let kept = matches!(text, std::borrow::Cow::Borrowed(_));
+            assert_eq!(kept, rows <= super::KEPT_TEXTS, "{rows} events");
+            if kept {
+                assert!(std::ptr::eq(&*text, &*super::append_text(rows).unwrap()));
+            }
             assert!(text.contains(&format!(
                 "INSERT INTO audit_events ({})",
                 columns.join(", ")
