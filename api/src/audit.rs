@@ -603,10 +603,11 @@ fn append_if_head_is(
     (i64, String),
 )> {
     use sea_orm::Iterable;
+    let sql = append_text(groups.iter().map(|(_, events)| events.len()).sum())?;
     let (rows, moved) = chained(expected.clone(), groups);
-    let sql = append_text(rows.len())?;
     // $1, $2: the new head; $3, $4: the expected one; then each event's columns.
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(4 + rows.len() * APPEND_COLUMNS);
+    let mut values: Vec<sea_orm::Value> =
+        Vec::with_capacity(4 + rows.len() * audit_event::Column::iter().len());
     values.extend([
         moved.0.into(),
         moved.1.clone().into(),
@@ -620,9 +621,6 @@ fn append_if_head_is(
     }
     Some((sql, sea_orm::Values(values), moved))
 }
-
-/// The columns of an audit event's row.
-const APPEND_COLUMNS: usize = 13;
 
 /// [`append_if_head_is`]'s text for `rows` events: written once for each size up to
 /// [`KEPT_TEXTS`] events and kept, written afresh for a larger group (rarer, and its cost spread
@@ -654,7 +652,7 @@ fn write_append_text(rows: usize) -> String {
     use sea_orm::{IdenStatic, Iterable};
     use std::fmt::Write as _;
     let names: Vec<&str> = audit_event::Column::iter().map(|c| c.as_str()).collect();
-    let mut tuples = String::with_capacity(rows * APPEND_COLUMNS * 6);
+    let mut tuples = String::with_capacity(rows * names.len() * 6);
     let mut mark = 4;
     for row in 0..rows {
         tuples.push_str(if row == 0 { "(" } else { ", (" });
@@ -1278,7 +1276,6 @@ mod tests {
         let columns: Vec<&str> = entities::audit_event::Column::iter()
             .map(|c| c.as_str())
             .collect();
-        assert_eq!(columns.len(), super::APPEND_COLUMNS);
         assert_eq!(super::append_text(0), None);
         assert_eq!(super::append_text(super::ONE_STATEMENT_EVENTS + 1), None);
         for rows in [
