@@ -956,3 +956,97 @@ async fn a_served_view_with_an_unreadable_snapshot_asks_its_partner(backend: Bac
 }
 
 tributary_tests::on_both_backends!(a_served_view_with_an_unreadable_snapshot_asks_its_partner);
+
+/// Two loads of one extract that overlap on PostgreSQL (the server's refresher and a
+/// `tributary sync`, say) leave one extract current, and the other's rows gone. Here the other
+/// load is this test's own transaction, caught in its swap: it holds the swap's lock, has its
+/// extract (a copy of the rows) in as current, and holds the old extract's row. The hub's load
+/// is let go on once it waits for it. Before the swaps took turns, its DELETE of the old
+/// extracts began before the other committed and missed the other's extract: both stayed
+/// current (this test failed with 2), and a view served one or the other.
+#[tokio::test]
+async fn on_postgres_overlapping_loads_of_an_extract_leave_one_current() {
+    use sea_orm::{ConnectionTrait, Database, Statement, TransactionTrait};
+
+    let app = spawn_app(Backend::Postgres).await;
+    let ids = app.register_world().await;
+    let ilf_gross = |budget: &Value| stream(budget, "ilf").unwrap()["gross"]["amount"].clone();
+    let before = ilf_gross(&app.budget(&ids[0]).await);
+    assert_eq!(before, "14339.29");
+    // The stored extract no longer matches the fund's file, so the hub loads it again.
+    app.execute("UPDATE bulk_extracts SET etag = NULL, content_hash = repeat('0', 64)")
+        .await;
+    let old: String = app
+        .scalar("SELECT id FROM bulk_extracts WHERE connector = 'ilf' AND current")
+        .await;
+
+    let other = Database::connect(app.database_url.as_str()).await.unwrap();
+    let swap = other.begin().await.unwrap();
+    swap.execute_raw(Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
+        tributary::services::bulk::EXTRACT_SWAP_LOCK,
+        ["ilf".into()],
+    ))
+    .await
+    .unwrap();
+    swap.execute_unprepared(&format!(
+        "SELECT id FROM bulk_extracts WHERE id = '{old}' FOR UPDATE;
+         INSERT INTO bulk_extracts (id, connector, etag, content_hash, row_count, rejected_count, \
+         current, loaded_at) VALUES ('other-load', 'ilf', NULL, repeat('1', 64), 0, 0, true, now());
+         INSERT INTO bulk_records (extract_id, connector, subject_key, upstream_id, record, \
+         content_hash) SELECT 'other-load', connector, subject_key, upstream_id, record, \
+         content_hash FROM bulk_records WHERE extract_id = '{old}';"
+    ))
+    .await
+    .unwrap();
+
+    let (db, ilf) = (app.db.clone(), app.registry.get("ilf").unwrap().clone());
+    let load =
+        tokio::spawn(
+            async move { tributary::services::bulk::sync_extract(&db, ilf.as_ref()).await },
+        );
+    // The hub's load downloads and inserts the file, then waits on a lock the other holds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = app
+            .scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !load.is_finished(),
+            "the hub's load finished without waiting: {:?}",
+            load.await
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the hub's load never reached the swap"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    swap.commit().await.unwrap();
+    let outcome = load.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, ExtractOutcome::Loaded { .. }),
+        "{outcome:?}"
+    );
+
+    let current: i64 = app
+        .scalar("SELECT count(*) FROM bulk_extracts WHERE connector = 'ilf' AND current")
+        .await;
+    assert_eq!(current, 1, "one extract is current");
+    assert_eq!(app.count("bulk_extracts").await, 1, "the others are gone");
+    let orphans: i64 = app
+        .scalar(
+            "SELECT count(*) FROM bulk_records r JOIN bulk_extracts e ON e.id = r.extract_id \
+             WHERE NOT e.current",
+        )
+        .await;
+    assert_eq!(orphans, 0);
+    tributary::sqlite_reads::data_changed();
+    assert_eq!(ilf_gross(&app.budget(&ids[0]).await), before);
+}

@@ -7,7 +7,8 @@ use connectors::ilf::{Row, parse_extract};
 use connectors::{Connector, ConnectorError, Extract, Rejected};
 use entities::{bulk_extract, bulk_record};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend,
+    DatabaseConnection, EntityTrait, QueryFilter, Statement,
 };
 
 use crate::error::{ApiError, ApiResult};
@@ -32,6 +33,11 @@ pub enum ExtractOutcome {
 }
 
 const BATCH: usize = 1000;
+
+/// Takes, for the rest of its transaction, PostgreSQL's advisory lock on swapping in an
+/// extract of connector `$1`: a second load's swap waits until the first has committed.
+pub const EXTRACT_SWAP_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('tributary.extract:' || $1, 0))";
 
 enum Batch {
     Rows(Vec<(String, connectors::Award)>),
@@ -157,6 +163,22 @@ pub async fn sync_extract(
             )));
         }
         Ok(true) => {}
+    }
+    // On PostgreSQL two loads of one connector's extract can overlap (the server's refresher
+    // and a `tributary sync`, each its own process). Each swap deletes the extracts it can
+    // see, and a DELETE sees what was committed when it began: had the other load committed
+    // meanwhile, its extract would survive this one's swap and both would stay current, with
+    // both files' rows kept, and which one a view serves (the older file's, it may be) left to
+    // chance until a later load. So the swaps take turns (see [`EXTRACT_SWAP_LOCK`]), and each
+    // statement below sees the other load's extract, committed, and replaces it.
+    // On SQLite the write lock already makes whole writing transactions take turns.
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            EXTRACT_SWAP_LOCK,
+            [id.clone().into()],
+        ))
+        .await?;
     }
     // Swap: the old extract goes (its records with it), the new one becomes current.
     let old_extracts: Vec<String> = bulk_extract::Entity::find()
