@@ -1050,3 +1050,71 @@ async fn on_postgres_overlapping_loads_of_an_extract_leave_one_current() {
     tributary::sqlite_reads::data_changed();
     assert_eq!(ilf_gross(&app.budget(&ids[0]).await), before);
 }
+
+/// On PostgreSQL a snapshot stored through the pool's transaction (a `tributary sync`'s
+/// batches, or a view's fallback) does not replace a newer one that another session commits
+/// after the transaction read the stored versions. Here the other session is this test's
+/// own: it has the newer version written, uncommitted, when the older answer is stored, and
+/// commits once the store waits on its row. Before the write checked the row as it stands,
+/// the older answer replaced it (this test found version 6 stored).
+#[tokio::test]
+async fn on_postgres_an_older_answer_stored_in_a_batch_never_replaces_a_newer_snapshot() {
+    use connectors::PersonRecords;
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    use tributary::services::sources::store_snapshots;
+
+    let app = spawn_app(Backend::Postgres).await;
+    let answer = |version: &str| PersonRecords {
+        subject_key: "NHS_NUMBER:9434765919".into(),
+        version: Some(version.into()),
+        ..PersonRecords::default()
+    };
+    store_snapshots(&app.db, &[("la-social-care", &answer("5"))])
+        .await
+        .unwrap();
+    let stored = || {
+        app.scalar::<String>(
+            "SELECT version FROM upstream_snapshots \
+             WHERE connector = 'la-social-care' AND subject_key = 'NHS_NUMBER:9434765919'",
+        )
+    };
+    assert_eq!(stored().await, "5");
+
+    let other = Database::connect(app.database_url.as_str()).await.unwrap();
+    let newer = other.begin().await.unwrap();
+    newer
+        .execute_unprepared(
+            "UPDATE upstream_snapshots SET version = '7', content_hash = repeat('7', 64) \
+             WHERE connector = 'la-social-care' AND subject_key = 'NHS_NUMBER:9434765919'",
+        )
+        .await
+        .unwrap();
+
+    let db = app.db.clone();
+    let older = answer("6");
+    let store =
+        tokio::spawn(async move { store_snapshots(&db, &[("la-social-care", &older)]).await });
+    // The store reads version 5 (7 is not committed), then waits on the row to write 6.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = app
+            .scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !store.is_finished(),
+            "the store finished without waiting: {:?}",
+            store.await
+        );
+        assert!(Instant::now() < deadline, "the store never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    newer.commit().await.unwrap();
+    store.await.unwrap().unwrap();
+    assert_eq!(stored().await, "7", "the newer snapshot stays");
+}

@@ -52,8 +52,9 @@ fn records_json(records: &PersonRecords) -> ApiResult<String> {
 /// replaced whole, with rejected records kept aside) in one transaction: a view's partners
 /// together, a sync's people in batches. Each replaces its subject's snapshot unless the stored
 /// one is newer by the partner's version.
-/// The stored version is read inside the transaction, so a lagging answer can never overwrite
-/// a newer snapshot written in between.
+/// The stored versions are read inside the transaction, and on PostgreSQL the write checks
+/// the row again as it stands (see [`upsert`]), so a lagging answer never overwrites a newer
+/// snapshot written in between.
 pub async fn store_snapshots(
     db: &DatabaseConnection,
     fetched: &[(&str, &PersonRecords)],
@@ -62,8 +63,9 @@ pub async fn store_snapshots(
     let now = Utc::now();
     let write = crate::db::begin_write(db).await?;
     let txn = write.txn();
-    // The stored versions and hashes of the whole batch, in one query a chunk (inside the
-    // transaction, so nothing can slip in between the check and the write).
+    // The stored versions and hashes of the whole batch, in one query a chunk, inside the
+    // transaction: on SQLite nothing can slip in between the check and the write; on
+    // PostgreSQL another session's write can, and `upsert` checks the row again.
     let (connectors, subjects) = keys(&prepared);
     let mut stored_now = Vec::new();
     for chunk in subjects.chunks(ROWS_A_STATEMENT) {
@@ -370,25 +372,39 @@ fn sqlite_upsert_snapshots(rows: usize) -> std::sync::Arc<str> {
 
 /// The statement that writes `rows` (each key once), replacing a stored snapshot of the same
 /// connector and subject, built for `backend`.
+///
+/// On PostgreSQL it replaces a stored snapshot only where that is not newer by the partner's
+/// version, judged on the row as it stands when written. [`store_snapshots`] read the stored
+/// versions first, in its transaction, but on PostgreSQL a writer in another session (a view
+/// keeping its answers while a `tributary sync` stores a batch, say) can commit a newer
+/// snapshot between that read and this write; without the check this older answer replaced
+/// it. (`pg_snapshots` decides the same way, in its one statement.) In that race what the
+/// transaction reports (its answer kept) and the rejected records it replaced are still the
+/// older answer's, until the subject is next written. On SQLite the write lock keeps other
+/// writers out for the whole transaction, so what was read still stands.
 fn upsert(
     rows: Vec<upstream_snapshot::ActiveModel>,
     backend: sea_orm::DbBackend,
 ) -> sea_orm::Statement {
     use sea_orm::QueryTrait;
+    let mut on_conflict = OnConflict::columns([
+        upstream_snapshot::Column::Connector,
+        upstream_snapshot::Column::SubjectKey,
+    ]);
+    on_conflict.update_columns([
+        upstream_snapshot::Column::Version,
+        upstream_snapshot::Column::ContentHash,
+        upstream_snapshot::Column::Records,
+        upstream_snapshot::Column::FetchedAt,
+    ]);
+    if backend == sea_orm::DbBackend::Postgres {
+        on_conflict.action_and_where(sea_orm::sea_query::Expr::cust(format!(
+            "NOT {}",
+            crate::pg_snapshots::older("excluded.version", "upstream_snapshots.version")
+        )));
+    }
     upstream_snapshot::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::columns([
-                upstream_snapshot::Column::Connector,
-                upstream_snapshot::Column::SubjectKey,
-            ])
-            .update_columns([
-                upstream_snapshot::Column::Version,
-                upstream_snapshot::Column::ContentHash,
-                upstream_snapshot::Column::Records,
-                upstream_snapshot::Column::FetchedAt,
-            ])
-            .to_owned(),
-        )
+        .on_conflict(on_conflict)
         .build(backend)
 }
 
