@@ -957,6 +957,29 @@ async fn a_served_view_with_an_unreadable_snapshot_asks_its_partner(backend: Bac
 
 tributary_tests::on_both_backends!(a_served_view_with_an_unreadable_snapshot_asks_its_partner);
 
+/// Returns once a session of the app's PostgreSQL database waits on a lock, `task` still
+/// running; fails if the task ends first or nothing waits within a minute.
+async fn until_a_session_waits_on_a_lock<T>(app: &TestApp, task: &tokio::task::JoinHandle<T>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = app
+            .scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+        if waiting > 0 {
+            return;
+        }
+        assert!(!task.is_finished(), "it finished without waiting on a lock");
+        assert!(
+            Instant::now() < deadline,
+            "nothing waited on a lock within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Two loads of one extract that overlap on PostgreSQL (the server's refresher and a
 /// `tributary sync`, say) leave one extract current, and the other's rows gone. Here the other
 /// load is this test's own transaction, caught in its swap: it holds the swap's lock, has its
@@ -1006,28 +1029,7 @@ async fn on_postgres_overlapping_loads_of_an_extract_leave_one_current() {
             async move { tributary::services::bulk::sync_extract(&db, ilf.as_ref()).await },
         );
     // The hub's load downloads and inserts the file, then waits on a lock the other holds.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let waiting: i64 = app
-            .scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .await;
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            !load.is_finished(),
-            "the hub's load finished without waiting: {:?}",
-            load.await
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the hub's load never reached the swap"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_a_session_waits_on_a_lock(&app, &load).await;
     swap.commit().await.unwrap();
     let outcome = load.await.unwrap().unwrap();
     assert!(
@@ -1095,25 +1097,7 @@ async fn on_postgres_an_older_answer_stored_in_a_batch_never_replaces_a_newer_sn
     let store =
         tokio::spawn(async move { store_snapshots(&db, &[("la-social-care", &older)]).await });
     // The store reads version 5 (7 is not committed), then waits on the row to write 6.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let waiting: i64 = app
-            .scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .await;
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            !store.is_finished(),
-            "the store finished without waiting: {:?}",
-            store.await
-        );
-        assert!(Instant::now() < deadline, "the store never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_a_session_waits_on_a_lock(&app, &store).await;
     newer.commit().await.unwrap();
     store.await.unwrap().unwrap();
     assert_eq!(stored().await, "7", "the newer snapshot stays");
