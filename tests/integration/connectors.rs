@@ -1049,7 +1049,6 @@ async fn on_postgres_overlapping_loads_of_an_extract_leave_one_current() {
         )
         .await;
     assert_eq!(orphans, 0);
-    tributary::sqlite_reads::data_changed();
     assert_eq!(ilf_gross(&app.budget(&ids[0]).await), before);
 }
 
