@@ -178,6 +178,8 @@ pub struct Parsed {
     budgets: usize,
     /// How many aliases it runs, fragments expanded (see [`aliases`]).
     aliases: usize,
+    /// What its budget fields select, planned once for the text (see `budget_answer`).
+    plans: crate::graphql::budget_answer::Plans,
 }
 
 impl Parsed {
@@ -194,8 +196,14 @@ impl Parsed {
             validated: Default::default(),
             budgets,
             aliases: aliases(&document),
+            plans: Default::default(),
             document,
         }
+    }
+
+    /// What its budget fields select, planned when the text's first budget is walked.
+    pub fn plans(&self) -> &crate::graphql::budget_answer::Plans {
+        &self.plans
     }
 
     /// How many aliases the text runs, counted once for the text rather than on every request.

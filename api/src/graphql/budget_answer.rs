@@ -12,19 +12,24 @@
 //! applies) falls back to them whole, so both paths always answer the same query. A test
 //! compares the two over every field.
 //!
-//! The walk reads the query through `Context::item` and `QueryEnv::fragments`, which
-//! async-graphql marks `doc(hidden)` but keeps public for the code its macros generate.
+//! What a query selects is planned once for its text, not on every request: a [`Plan`] holds
+//! the keys of each object the answer writes and the plan of the object below each, and the
+//! text's parsed copy (`limits::Parsed`) keeps it in its [`Plans`]. Planning was a sixth of a
+//! served query's allocations.
+//!
+//! The walk reads the query through `Context::item`, `QueryEnv::fragments` and
+//! `SchemaEnv::registry`, which async-graphql marks `doc(hidden)` but keeps public for the code
+//! its macros generate.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_graphql::parser::types::{Field, FragmentDefinition, Selection, SelectionSet};
-use async_graphql::registry::Registry;
+use async_graphql::registry::{MetaType, MetaTypeName, Registry};
 use async_graphql::resolver_utils::enum_value;
 use async_graphql::{
-    ContextSelectionSet, Name, OutputType, Positioned, ScalarType, ServerResult, Value,
+    ContextSelectionSet, Name, OutputType, Pos, Positioned, ScalarType, ServerResult, Value,
 };
 
 use super::budget::{SourceRecord, SuperBudget, rfc3339};
@@ -50,18 +55,21 @@ impl OutputType for BudgetAnswer {
         ctx: &ContextSelectionSet<'_>,
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        let walked = {
-            let mut walk = Walk::new(&ctx.query_env.fragments);
-            walk.object(&self.0.0, &[ctx.item]).map(|()| walk.out)
+        let parsed = ctx.data_opt::<Arc<crate::limits::Parsed>>();
+        let planner = || Planner::of(ctx).plan(<BudgetView as Answer>::TYPE, &[ctx.item]);
+        let plan = match parsed {
+            Some(parsed) => parsed.plans().get(ctx.item, planner),
+            None => planner().map(Arc::new),
         };
+        let walked = plan.and_then(|plan| {
+            let mut walk = Walk::new();
+            walk.write(&self.0.0, &plan).map(|()| walk.out)
+        });
         if let Some(json) = walked {
             // The JSON goes out as written where no other answer can be merged into it: the
             // query text asks for one budget (see `limits::Parsed::budgets`). Otherwise it is
             // read back as a `Value`, for async-graphql to merge as it merges any answer.
-            let sole = ctx
-                .data_opt::<Arc<crate::limits::Parsed>>()
-                .is_some_and(|p| p.budgets() == 1);
-            if sole {
+            if parsed.is_some_and(|p| p.budgets() == 1) {
                 return Ok(Value::Binary(json.into()));
             }
             if let Ok(value) = serde_json::from_slice(&json) {
@@ -75,82 +83,115 @@ impl OutputType for BudgetAnswer {
 /// A selection set of the query.
 type Set<'q> = &'q Positioned<SelectionSet>;
 
-/// The walk over one budget: the query's named fragments (for spreads met on the way down),
-/// the plans made so far, and the JSON written so far.
-struct Walk<'q> {
-    fragments: &'q HashMap<Name, Positioned<FragmentDefinition>>,
-    /// Each type's plan for the selection sets it was made for: every award's `amount` (say)
-    /// selects the same set, planned once.
-    plans: Vec<Planned<'q>>,
-    out: Vec<u8>,
-}
+/// The plans made for one query text's budgets, each under the place its selection set starts in
+/// the text (the same in every request of that text). `limits::Parsed` keeps them.
+#[derive(Debug, Default)]
+pub struct Plans(Mutex<Vec<(Pos, Option<Arc<Plan>>)>>);
 
-/// A plan, with the type and the selection sets it is for.
-struct Planned<'q> {
-    ty: &'static str,
-    sets: Vec<Set<'q>>,
-    plan: Rc<[Group<'q>]>,
-}
+impl Plans {
+    /// The most plans kept for one text: one for each budget field it has, a few at most.
+    const MAX: usize = 16;
 
-/// One key of an object's answer: the field it answers and every selection set below it (a
-/// field asked for more than once under one key is answered once, its selections merged).
-struct Group<'q> {
-    key: &'q str,
-    name: &'q str,
-    sets: Vec<Set<'q>>,
-}
-
-/// A budget type the walk answers.
-trait Answer {
-    /// Its GraphQL type name, for `__typename` and fragments' type conditions.
-    const TYPE: &'static str;
-    /// Writes the value of its field `name`, selecting `sets` below it; `None` where the walk
-    /// does not answer that field and the derived resolvers must.
-    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()>;
-}
-
-impl<T: Answer + ?Sized> Answer for &T {
-    const TYPE: &'static str = T::TYPE;
-    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
-        (**self).field(name, sets, walk)
-    }
-}
-
-impl<'q> Walk<'q> {
-    fn new(fragments: &'q HashMap<Name, Positioned<FragmentDefinition>>) -> Self {
-        Self {
-            fragments,
-            plans: Vec::new(),
-            out: Vec::with_capacity(8 * 1024),
-        }
-    }
-
-    /// The keys `sets` select on an object of type `ty`, in the order the query first asks
-    /// for them; `None` where any of them is not the walk's to answer.
-    fn plan(&mut self, ty: &'static str, sets: &[Set<'q>]) -> Option<Rc<[Group<'q>]>> {
-        // The same sets of the query (compared by address) for the same type.
-        let same = |p: &&Planned<'q>| {
-            p.sets.len() == sets.len()
-                && p.sets.iter().zip(sets).all(|(a, b)| std::ptr::eq(*a, *b))
-                && p.ty == ty
+    /// The plan for `set`, kept from an earlier request or made now by `plan`.
+    fn get(&self, set: Set<'_>, plan: impl FnOnce() -> Option<Plan>) -> Option<Arc<Plan>> {
+        let lock = || self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = |plans: &[(Pos, Option<Arc<Plan>>)]| {
+            plans
+                .iter()
+                .find(|(pos, _)| *pos == set.pos)
+                .map(|(_, plan)| plan.clone())
         };
-        if let Some(planned) = self.plans.iter().find(same) {
-            return Some(planned.plan.clone());
+        if let Some(plan) = kept(&lock()) {
+            return plan;
         }
-        let mut groups = Vec::with_capacity(sets.first().map_or(0, |s| s.node.items.len()));
-        for set in sets {
-            self.collect(ty, set, &mut groups)?;
+        let plan = plan().map(Arc::new);
+        let mut plans = lock();
+        // Another request of the same text may have kept the same plan meanwhile.
+        if plans.len() < Self::MAX && kept(&plans).is_none() {
+            plans.push((set.pos, plan.clone()));
         }
-        let plan: Rc<[Group<'q>]> = groups.into();
-        self.plans.push(Planned {
-            ty,
-            sets: sets.to_vec(),
-            plan: plan.clone(),
-        });
-        Some(plan)
+        plan
     }
 
-    fn collect(&self, ty: &str, set: Set<'q>, groups: &mut Vec<Group<'q>>) -> Option<()> {
+    /// How many plans are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+/// What a query selects on an object of type `ty`: the keys of its answer, in the order the
+/// query first asks for them.
+#[derive(Debug)]
+pub struct Plan {
+    ty: String,
+    groups: Box<[Group]>,
+}
+
+/// One key of an object's answer: the field it answers, and the plan of the object below it (a
+/// field asked for more than once under one key is answered once, its selections merged).
+#[derive(Debug)]
+struct Group {
+    key: Name,
+    name: Name,
+    /// `None` for a scalar or enum field, or where the selection below is not the walk's to
+    /// answer (the walk then gives the whole budget to the derived resolvers).
+    below: Option<Plan>,
+}
+
+impl Group {
+    /// The plan of the object below, if it is one of type `ty`.
+    fn below(&self, ty: &str) -> Option<&Plan> {
+        self.below.as_ref().filter(|plan| plan.ty == ty)
+    }
+}
+
+/// Plans a query's selections, with the schema's types (for the type below each field) and the
+/// query's named fragments (for spreads met on the way down).
+struct Planner<'q> {
+    registry: &'q Registry,
+    fragments: &'q HashMap<Name, Positioned<FragmentDefinition>>,
+}
+
+/// A key while it is planned: the field's name and every selection set asked for under the key.
+type Keyed<'q> = (Name, Name, Vec<Set<'q>>);
+
+impl<'q> Planner<'q> {
+    fn of(ctx: &'q ContextSelectionSet<'_>) -> Self {
+        Self {
+            registry: &ctx.schema_env.registry,
+            fragments: &ctx.query_env.fragments,
+        }
+    }
+
+    /// The plan of `sets` on an object of type `ty`, and of every object below; `None` where
+    /// any of its own keys is not the walk's to answer.
+    fn plan(&self, ty: &str, sets: &[Set<'q>]) -> Option<Plan> {
+        let mut keys = Vec::with_capacity(sets.first().map_or(0, |s| s.node.items.len()));
+        for set in sets {
+            self.collect(ty, set, &mut keys)?;
+        }
+        let fields = self.registry.types.get(ty).and_then(MetaType::fields);
+        let groups = keys
+            .into_iter()
+            .map(|(key, name, sets)| {
+                let below = fields
+                    .and_then(|fields| fields.get(name.as_str()))
+                    .map(|field| MetaTypeName::concrete_typename(&field.ty))
+                    .filter(|ty| {
+                        matches!(self.registry.types.get(*ty), Some(MetaType::Object { .. }))
+                    })
+                    .and_then(|ty| self.plan(ty, &sets));
+                Group { key, name, below }
+            })
+            .collect();
+        Some(Plan {
+            ty: ty.to_owned(),
+            groups,
+        })
+    }
+
+    fn collect(&self, ty: &str, set: Set<'q>, keys: &mut Vec<Keyed<'q>>) -> Option<()> {
         for selection in &set.node.items {
             match &selection.node {
                 Selection::Field(field) => {
@@ -158,14 +199,14 @@ impl<'q> Walk<'q> {
                     if !field.directives.is_empty() || !field.arguments.is_empty() {
                         return None;
                     }
-                    let key = field.response_key().node.as_str();
-                    match groups.iter_mut().find(|g| g.key == key) {
-                        Some(group) => group.sets.push(&field.selection_set),
-                        None => groups.push(Group {
-                            key,
-                            name: field.name.node.as_str(),
-                            sets: vec![&field.selection_set],
-                        }),
+                    let key = &field.response_key().node;
+                    match keys.iter_mut().find(|(k, ..)| k == key) {
+                        Some((.., sets)) => sets.push(&field.selection_set),
+                        None => keys.push((
+                            key.clone(),
+                            field.name.node.clone(),
+                            vec![&field.selection_set],
+                        )),
                     }
                 }
                 Selection::FragmentSpread(spread) => {
@@ -176,7 +217,7 @@ impl<'q> Walk<'q> {
                     if fragment.node.type_condition.node.on.node.as_str() != ty {
                         return None;
                     }
-                    self.collect(ty, &fragment.node.selection_set, groups)?;
+                    self.collect(ty, &fragment.node.selection_set, keys)?;
                 }
                 Selection::InlineFragment(inline) => {
                     if !inline.node.directives.is_empty() {
@@ -190,65 +231,89 @@ impl<'q> Walk<'q> {
                     if !applies {
                         return None;
                     }
-                    self.collect(ty, &inline.node.selection_set, groups)?;
+                    self.collect(ty, &inline.node.selection_set, keys)?;
                 }
             }
         }
         Some(())
     }
+}
 
-    /// Writes `value`'s fields that `sets` select.
-    fn object<T: Answer + ?Sized>(&mut self, value: &T, sets: &[Set<'q>]) -> Option<()> {
-        let plan = self.plan(T::TYPE, sets)?;
-        self.write(value, &plan)
+/// The walk over one budget: the JSON written so far.
+struct Walk {
+    out: Vec<u8>,
+}
+
+/// A budget type the walk answers.
+trait Answer {
+    /// Its GraphQL type name, for `__typename` and fragments' type conditions.
+    const TYPE: &'static str;
+    /// Writes the value of the field `group` answers, with the selection planned below it;
+    /// `None` where the walk does not answer that field and the derived resolvers must.
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()>;
+}
+
+impl<T: Answer + ?Sized> Answer for &T {
+    const TYPE: &'static str = T::TYPE;
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
+        (**self).field(group, walk)
+    }
+}
+
+impl Walk {
+    fn new() -> Self {
+        Self {
+            out: Vec::with_capacity(8 * 1024),
+        }
+    }
+
+    /// Writes `value`'s fields that the selection below `group` selects.
+    fn object<T: Answer + ?Sized>(&mut self, value: &T, group: &Group) -> Option<()> {
+        let plan = group.below(T::TYPE)?;
+        self.write(value, plan)
     }
 
     /// Writes `value`'s answer to the keys of `plan`.
-    fn write<T: Answer + ?Sized>(&mut self, value: &T, plan: &[Group<'q>]) -> Option<()> {
+    fn write<T: Answer + ?Sized>(&mut self, value: &T, plan: &Plan) -> Option<()> {
         // As async-graphql: a selection with nothing left to answer is null.
-        if plan.is_empty() {
+        if plan.groups.is_empty() {
             self.out.extend_from_slice(b"null");
             return Some(());
         }
         self.out.push(b'{');
-        for (i, group) in plan.iter().enumerate() {
+        for (i, group) in plan.groups.iter().enumerate() {
             if i > 0 {
                 self.out.push(b',');
             }
-            json_name(&mut self.out, group.key);
+            json_name(&mut self.out, &group.key);
             self.out.push(b':');
             if group.name == "__typename" {
                 self.text(T::TYPE);
             } else {
-                value.field(group.name, &group.sets, self)?;
+                value.field(group, self)?;
             }
         }
         self.out.push(b'}');
         Some(())
     }
 
-    /// Writes each of `items`, the selection planned once for them all.
-    fn list<T: Answer>(
-        &mut self,
-        items: impl IntoIterator<Item = T>,
-        sets: &[Set<'q>],
-    ) -> Option<()> {
-        let plan = self.plan(T::TYPE, sets)?;
+    /// Writes each of `items`, with the selection planned below `group`.
+    fn list<T: Answer>(&mut self, items: impl IntoIterator<Item = T>, group: &Group) -> Option<()> {
+        let plan = group.below(T::TYPE)?;
         self.out.push(b'[');
         for (i, item) in items.into_iter().enumerate() {
             if i > 0 {
                 self.out.push(b',');
             }
-            self.write(&item, &plan)?;
+            self.write(&item, plan)?;
         }
         self.out.push(b']');
         Some(())
     }
 
-    fn money(&mut self, pence: i128, sets: &[Set<'q>]) -> Option<()> {
-        self.object(&Money(to_pounds(pence)), sets)
+    fn money(&mut self, pence: i128, group: &Group) -> Option<()> {
+        self.object(&Money(to_pounds(pence)), group)
     }
-
     /// Writes a string; answers `Some`, as a field the walk answers.
     fn text(&mut self, s: &str) -> Option<()> {
         json_str(&mut self.out, s);
@@ -292,8 +357,8 @@ struct Money(rust_decimal::Decimal);
 
 impl Answer for Money {
     const TYPE: &'static str = "Money";
-    fn field<'q>(&self, name: &str, _: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
-        match name {
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
+        match group.name.as_str() {
             "amount" => {
                 walk.out.push(b'"');
                 write_pounds(&mut walk.out, self.0);
@@ -308,21 +373,21 @@ impl Answer for Money {
 
 impl Answer for BudgetView {
     const TYPE: &'static str = "SuperBudget";
-    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
-        if let Some(pence) = figure!(self, name) {
-            return walk.money(pence, sets);
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
+        if let Some(pence) = figure!(self, group.name.as_str()) {
+            return walk.money(pence, group);
         }
-        match name {
+        match group.name.as_str() {
             "from" => walk.date(Some(self.window.from)),
             "to" => walk.date(Some(self.window.to)),
-            "streams" => walk.list(&self.streams, sets),
+            "streams" => walk.list(&self.streams, group),
             "purposes" => walk.list(
                 self.purposes
                     .iter()
                     .map(|(purpose, pence)| Purpose(purpose, *pence)),
-                sets,
+                group,
             ),
-            "warnings" => walk.list(&self.warnings, sets),
+            "warnings" => walk.list(&self.warnings, group),
             _ => None,
         }
     }
@@ -333,10 +398,10 @@ struct Purpose<'v>(&'v str, i128);
 
 impl Answer for Purpose<'_> {
     const TYPE: &'static str = "PurposeTotal";
-    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
-        match name {
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
+        match group.name.as_str() {
             "purpose" => walk.text(self.0),
-            "gross" => walk.money(self.1, sets),
+            "gross" => walk.money(self.1, group),
             _ => None,
         }
     }
@@ -344,8 +409,8 @@ impl Answer for Purpose<'_> {
 
 impl Answer for Warning {
     const TYPE: &'static str = "BudgetWarning";
-    fn field<'q>(&self, name: &str, _: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
-        match name {
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
+        match group.name.as_str() {
             "code" => walk.text(self.code),
             "message" => walk.text(&self.message),
             "streamId" => walk.optional(self.stream_id.as_deref()),
@@ -360,8 +425,8 @@ struct Stream<'v>(&'v StreamView);
 
 impl Answer for Stream<'_> {
     const TYPE: &'static str = "FundingStream";
-    fn field<'q>(&self, name: &str, _: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
-        match name {
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
+        match group.name.as_str() {
             "id" => walk.text(&self.0.id),
             "name" => walk.text(&self.0.name),
             "kind" => walk.text(&self.0.kind),
@@ -372,15 +437,15 @@ impl Answer for Stream<'_> {
 
 impl Answer for StreamView {
     const TYPE: &'static str = "StreamBudget";
-    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
-        if let Some(pence) = figure!(self, name) {
-            return walk.money(pence, sets);
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
+        if let Some(pence) = figure!(self, group.name.as_str()) {
+            return walk.money(pence, group);
         }
-        match name {
-            "stream" => walk.object(&Stream(self), sets),
+        match group.name.as_str() {
+            "stream" => walk.object(&Stream(self), group),
             "status" => walk.value(&enum_value(super::budget::SourceStatus::from(self.status))),
             "asOf" => walk.optional(self.as_of.map(rfc3339).as_deref()),
-            "awards" => walk.list(&self.awards, sets),
+            "awards" => walk.list(&self.awards, group),
             _ => None,
         }
     }
@@ -388,17 +453,17 @@ impl Answer for StreamView {
 
 impl Answer for AwardView {
     const TYPE: &'static str = "Award";
-    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
         let award = &self.award;
-        match name {
+        match group.name.as_str() {
             "id" => walk.text(&self.id),
             "upstreamId" => walk.text(&award.upstream_id),
             "purpose" => walk.text(&award.purpose),
             "delivery" => walk.optional(award.delivery.as_deref()),
             "frequency" => walk.text(award.frequency.as_str()),
-            "amount" => walk.object(&Money(award.amount), sets),
-            "entitlement" => walk.money(self.entitlement, sets),
-            "contribution" => walk.money(self.contribution, sets),
+            "amount" => walk.object(&Money(award.amount), group),
+            "entitlement" => walk.money(self.entitlement, group),
+            "contribution" => walk.money(self.contribution, group),
             "startDate" => walk.date(award.start_date),
             "endDate" => walk.date(award.end_date),
             "reviewDate" => walk.date(award.review_date),
@@ -406,9 +471,9 @@ impl Answer for AwardView {
             "status" => walk.text(&award.status),
             "lines" => walk.list(
                 self.lines.iter().map(|(line, pence)| Line(line, *pence)),
-                sets,
+                group,
             ),
-            "source" => walk.object(&Source(self), sets),
+            "source" => walk.object(&Source(self), group),
             // planItems reads the plan: the derived resolvers answer it.
             _ => None,
         }
@@ -420,15 +485,15 @@ struct Line<'v>(&'v connectors::AwardLine, i128);
 
 impl Answer for Line<'_> {
     const TYPE: &'static str = "AwardLine";
-    fn field<'q>(&self, name: &str, sets: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
         let Line(line, pence) = self;
-        match name {
+        match group.name.as_str() {
             "upstreamId" => walk.text(&line.upstream_id),
             "purpose" => walk.text(&line.purpose),
             "delivery" => walk.optional(line.delivery.as_deref()),
             "description" => walk.optional(line.description.as_deref()),
-            "amount" => walk.object(&Money(line.amount), sets),
-            "entitlement" => walk.money(*pence, sets),
+            "amount" => walk.object(&Money(line.amount), group),
+            "entitlement" => walk.money(*pence, group),
             _ => None,
         }
     }
@@ -439,9 +504,9 @@ struct Source<'v>(&'v AwardView);
 
 impl Answer for Source<'_> {
     const TYPE: &'static str = "SourceRecord";
-    fn field<'q>(&self, name: &str, _: &[Set<'q>], walk: &mut Walk<'q>) -> Option<()> {
+    fn field(&self, group: &Group, walk: &mut Walk) -> Option<()> {
         let source = &self.0.source;
-        match name {
+        match group.name.as_str() {
             "connector" => walk.text(&source.connector),
             "upstreamId" => walk.text(&self.0.award.upstream_id),
             "version" => walk.optional(SourceRecord::award_version(self.0)),
@@ -607,8 +672,15 @@ mod tests {
         let Selection::Field(field) = &operation.node.selection_set.node.items[0].node else {
             panic!("the first selection is a field");
         };
-        let mut walk = Walk::new(&doc.fragments);
-        walk.object(view, &[&field.node.selection_set])?;
+        let mut registry = Registry::default();
+        <SuperBudget as OutputType>::create_type_info(&mut registry);
+        let planner = Planner {
+            registry: &registry,
+            fragments: &doc.fragments,
+        };
+        let plan = planner.plan(BudgetView::TYPE, &[&field.node.selection_set])?;
+        let mut walk = Walk::new();
+        walk.write(view, &plan)?;
         Some(String::from_utf8(walk.out).expect("UTF-8"))
     }
 
@@ -741,9 +813,16 @@ mod tests {
 
     /// `query` run as the server runs it: with its parsed text as request data.
     async fn served(view: BudgetView, query: &str) -> async_graphql::Response {
-        let parsed = crate::limits::DocumentCache::default()
-            .parse(query)
-            .expect("a query");
+        served_from(&crate::limits::DocumentCache::default(), view, query).await
+    }
+
+    /// The same, the text parsed (and its plans kept) in `documents`.
+    async fn served_from(
+        documents: &crate::limits::DocumentCache,
+        view: BudgetView,
+        query: &str,
+    ) -> async_graphql::Response {
+        let parsed = documents.parse(query).expect("a query");
         let mut request = Request::new(query);
         request.set_parsed_query(parsed.document().clone());
         let answer = schema(view).execute(request.data(parsed)).await;
@@ -795,6 +874,52 @@ mod tests {
         let data = json_of(answer.data);
         assert_eq!(data["superBudget"]["gross"], data["derived"]["gross"]);
         assert_eq!(data["superBudget"]["net"], data["derived"]["net"]);
+    }
+
+    #[tokio::test]
+    async fn a_text_is_planned_once_and_its_plan_serves_every_budget() {
+        let documents = crate::limits::DocumentCache::default();
+        let full = budget();
+        let selection = every_field(&full).await;
+        let query = format!("{{ superBudget {selection} derived {selection} }}");
+        // First a budget whose streams have no awards: no award is walked, yet the plan made
+        // for the text must hold the awards' selection for the budgets after it.
+        let mut bare = full.clone();
+        for stream in &mut bare.streams {
+            stream.awards.clear();
+        }
+        for view in [bare, full] {
+            let answer = served_from(&documents, view, &query).await;
+            let Value::Object(fields) = &answer.data else {
+                panic!("an object");
+            };
+            let Value::Binary(json) = &fields["superBudget"] else {
+                panic!("JSON written by the walk: {:?}", fields["superBudget"]);
+            };
+            assert_eq!(
+                std::str::from_utf8(json).ok(),
+                Some(sent(&answer.data, "derived").as_str())
+            );
+        }
+        let parsed = documents.parse(&query).expect("kept");
+        assert_eq!(
+            parsed.plans().len(),
+            1,
+            "one plan for the text's one budget"
+        );
+        // Asked again, the text's kept plan is the one used, not planned anew.
+        let kept = parsed.plans().get(
+            {
+                let (_, operation) = parsed.document().operations.iter().next().expect("op");
+                let Selection::Field(field) = &operation.node.selection_set.node.items[0].node
+                else {
+                    panic!("a field");
+                };
+                &field.node.selection_set
+            },
+            || panic!("planned again"),
+        );
+        assert!(kept.is_some_and(|plan| plan.ty == "SuperBudget"));
     }
 
     #[test]
