@@ -26,11 +26,15 @@ pub enum PartnerAuth {
 }
 
 /// An HTTP client for a partner: connections kept alive (at most `max_idle` idle), each
-/// opened within `connect_timeout`.
+/// opened within `connect_timeout`, and no redirect followed. No partner's published interface
+/// redirects; following one would send the partner's credentials wherever it points (reqwest
+/// drops `Authorization` on the way to another host, not a key in a header of the partner's
+/// own name, such as `X-Api-Key`). A redirect is reported as the unexpected status it is.
 fn client(connect_timeout: Duration, max_idle: usize) -> Result<reqwest::Client, ConnectorError> {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .pool_max_idle_per_host(max_idle)
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ConnectorError::Misconfigured(format!("HTTP client: {e}")))
@@ -399,6 +403,48 @@ mod tests {
                 .unwrap()
                 .headers(None)
                 .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_the_key_goes_nowhere_else() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Where a redirect would lead: a listener that is never answered, whose backlog shows
+        // whether anything connected.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        elsewhere.set_nonblocking(true).unwrap();
+        let elsewhere_at = elsewhere.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let redirecting = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 4096];
+            let read = socket.read(&mut request).await.unwrap();
+            socket
+                .write_all(
+                    format!(
+                        "HTTP/1.1 302 Found\r\nLocation: http://{elsewhere_at}/collect\r\n\
+                         Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&request[..read]).to_lowercase()
+        });
+        let name = HeaderName::from_static("x-api-key");
+        let key = SecretString::from("k3y".to_owned());
+        let p = partner(&format!("http://{at}"), PartnerAuth::Header(name, key)).unwrap();
+        let answer = p.get("/clients/CL-1", None).await;
+        assert!(
+            matches!(&answer, Err(ConnectorError::Malformed(m)) if m.contains("302")),
+            "{answer:?}"
+        );
+        assert!(redirecting.await.unwrap().contains("x-api-key: k3y"));
+        // The answer came without a second request: nothing ever connected elsewhere.
+        assert_eq!(
+            elsewhere.accept().map_err(|e| e.kind()).err(),
+            Some(std::io::ErrorKind::WouldBlock)
         );
     }
 
