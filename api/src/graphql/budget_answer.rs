@@ -56,7 +56,21 @@ impl OutputType for BudgetAnswer {
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
         let parsed = ctx.data_opt::<Arc<crate::limits::Parsed>>();
-        let planner = || Planner::of(ctx).plan(<BudgetView as Answer>::TYPE, &[ctx.item]);
+        // The budget's selection as the text has it, with the text's fragments: a request's
+        // lean copy of a text leaves the selection out (see `limits::Parsed::for_request`).
+        let whole = || {
+            parsed
+                .and_then(|p| Some((p.selection_set_at(ctx.item.pos)?, &p.document().fragments)))
+                .unwrap_or((ctx.item, &ctx.query_env.fragments))
+        };
+        let planner = || {
+            let (set, fragments) = whole();
+            let planner = Planner {
+                registry: &ctx.schema_env.registry,
+                fragments,
+            };
+            planner.plan(<BudgetView as Answer>::TYPE, &[set])
+        };
         let plan = match parsed {
             Some(parsed) => parsed.plans().get(ctx.item, planner),
             None => planner().map(Arc::new),
@@ -76,7 +90,7 @@ impl OutputType for BudgetAnswer {
                 return Ok(value);
             }
         }
-        OutputType::resolve(&self.0, ctx, field).await
+        OutputType::resolve(&self.0, &ctx.with_selection_set(whole().0), field).await
     }
 }
 
@@ -157,13 +171,6 @@ struct Planner<'q> {
 type Keyed<'q> = (Name, Name, Vec<Set<'q>>);
 
 impl<'q> Planner<'q> {
-    fn of(ctx: &'q ContextSelectionSet<'_>) -> Self {
-        Self {
-            registry: &ctx.schema_env.registry,
-            fragments: &ctx.query_env.fragments,
-        }
-    }
-
     /// The plan of `sets` on an object of type `ty`, and of every object below; `None` where
     /// any of its own keys is not the walk's to answer.
     fn plan(&self, ty: &str, sets: &[Set<'q>]) -> Option<Plan> {
@@ -822,12 +829,45 @@ mod tests {
         view: BudgetView,
         query: &str,
     ) -> async_graphql::Response {
-        let parsed = documents.parse(query).expect("a query");
-        let mut request = Request::new(query);
-        request.set_parsed_query(parsed.document().clone());
-        let answer = schema(view).execute(request.data(parsed)).await;
+        let answer = served_as_is(documents, view, query).await;
         assert!(answer.errors.is_empty(), "{:?}", answer.errors);
         answer
+    }
+
+    /// The same, errors and all: the schema validates a text once (`ValidatedBefore`), and
+    /// a request of a text validated before runs its lean copy, as on the server.
+    async fn served_as_is(
+        documents: &crate::limits::DocumentCache,
+        view: BudgetView,
+        query: &str,
+    ) -> async_graphql::Response {
+        let parsed = documents.parse(query).expect("a query");
+        let mut request = Request::new(query);
+        request.set_parsed_query(parsed.for_request());
+        Schema::build(Both(view), EmptyMutation, EmptySubscription)
+            .extension(crate::limits::ValidatedBefore::default())
+            .finish()
+            .execute(request.data(parsed))
+            .await
+    }
+
+    /// The superBudget field's selection in the copy of `query`'s document a request runs now.
+    fn selected_now(documents: &crate::limits::DocumentCache, query: &str) -> usize {
+        let doc = documents.parse(query).expect("kept").for_request();
+        let (_, operation) = doc.operations.iter().next().expect("an operation");
+        operation
+            .node
+            .selection_set
+            .node
+            .items
+            .iter()
+            .find_map(|s| match &s.node {
+                Selection::Field(f) if f.node.name.node == "superBudget" => {
+                    Some(f.node.selection_set.node.items.len())
+                }
+                _ => None,
+            })
+            .expect("a superBudget field")
     }
 
     #[tokio::test]
@@ -888,7 +928,11 @@ mod tests {
         for stream in &mut bare.streams {
             stream.awards.clear();
         }
-        for view in [bare, full] {
+        assert!(selected_now(&documents, &query) > 0);
+        for (i, view) in [bare, full.clone(), full].into_iter().enumerate() {
+            // The first request is validated and runs the whole document; the ones after it
+            // run the lean copy, the budget's selection left out.
+            assert_eq!(selected_now(&documents, &query) == 0, i > 0, "request {i}");
             let answer = served_from(&documents, view, &query).await;
             let Value::Object(fields) = &answer.data else {
                 panic!("an object");
@@ -920,6 +964,25 @@ mod tests {
             || panic!("planned again"),
         );
         assert!(kept.is_some_and(|plan| plan.ty == "SuperBudget"));
+    }
+
+    #[tokio::test]
+    async fn what_the_walk_leaves_to_the_derived_resolvers_they_answer_from_the_whole_text() {
+        let documents = crate::limits::DocumentCache::default();
+        // planItems is not the walk's: the whole budget falls back to the derived resolvers,
+        // which here (no store, no caller) answer an error for each award's planItems.
+        let query =
+            "{ superBudget { gross { amount } streams { awards { id planItems { id } } } } }";
+        let whole = served_as_is(&documents, budget(), query).await;
+        assert_eq!(selected_now(&documents, query), 0, "lean from now on");
+        let lean = served_as_is(&documents, budget(), query).await;
+        assert!(!whole.errors.is_empty());
+        assert_eq!(
+            serde_json::to_value(&lean).expect("JSON"),
+            serde_json::to_value(&whole).expect("JSON")
+        );
+        let data = json_of(lean.data);
+        assert!(data["superBudget"]["gross"]["amount"].is_string(), "{data}");
     }
 
     #[test]
