@@ -181,7 +181,7 @@ pub fn assemble(
     let mut warnings = Vec::new();
     let mut purposes: BTreeMap<String, i128> = BTreeMap::new();
     let mut views = Vec::with_capacity(streams.len());
-    for stream in streams {
+    for mut stream in streams {
         let stream_id = Some(stream.id.clone());
         match stream.status {
             SourceStatus::Stale => warnings.push(Warning {
@@ -240,7 +240,9 @@ pub fn assemble(
             remaining: 0,
             awards: Vec::new(),
         };
-        if let (Some(records), Some(source)) = (&stream.records, &stream.source) {
+        // The records move into the view (each award into its AwardView), not copied.
+        let records = stream.records.take();
+        if let (Some(records), Some(source)) = (records, &stream.source) {
             for ambiguity in &records.ambiguities {
                 warnings.push(Warning {
                     code: "AMBIGUOUS_MATCH",
@@ -249,8 +251,20 @@ pub fn assemble(
                     item_id: None,
                 });
             }
-            for award in &records.awards {
-                let sched = schedule(award);
+            // The cap's warnings follow the awards' own; worked out first, before the awards
+            // move.
+            let mut caps = Vec::new();
+            if let Some(cap) = stream.yearly_cap {
+                cap_warnings(&window, &stream, &records, to_pence(cap), &mut caps);
+            }
+            view.spent = records
+                .payments
+                .iter()
+                .filter(|p| window.contains(p.paid_on))
+                .map(|p| to_pence(p.amount))
+                .sum();
+            for award in records.awards {
+                let sched = schedule(&award);
                 let entitlement = entitlement_pence(award.amount, &sched, &window);
                 let contribution = award
                     .contribution
@@ -290,22 +304,14 @@ pub fn assemble(
                 view.contribution += contribution;
                 view.awards.push(AwardView {
                     id: format!("{}:{}", stream.id, award.upstream_id),
-                    award: award.clone(),
+                    award,
                     entitlement,
                     contribution,
                     lines,
                     source: source.clone(),
                 });
             }
-            view.spent = records
-                .payments
-                .iter()
-                .filter(|p| window.contains(p.paid_on))
-                .map(|p| to_pence(p.amount))
-                .sum();
-            if let Some(cap) = stream.yearly_cap {
-                cap_warnings(&window, &stream, records, to_pence(cap), &mut warnings);
-            }
+            warnings.extend(caps);
         }
         if view.contribution > view.gross {
             warnings.push(Warning {
@@ -553,6 +559,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_streams_warnings_come_ambiguities_awards_then_its_cap() {
+        let award = |id: &str, pounds: i64| Award {
+            upstream_id: id.into(),
+            version: None,
+            purpose: "support".into(),
+            delivery: None,
+            frequency: Frequency::Annual,
+            amount: Decimal::new(pounds * 100, 2),
+            contribution: None,
+            start_date: Some(day(0)),
+            end_date: None,
+            review_date: Some(day(10)),
+            payment_date: None,
+            status: "agreed".into(),
+            counting: Counting::Active,
+            lines: Vec::new(),
+        };
+        let mut capped = stream("atw", vec![award("A-1", 40_000), award("A-2", 30_000)]);
+        capped.yearly_cap = Some(Decimal::new(50_000, 0));
+        if let Some(records) = &mut capped.records {
+            records.ambiguities.push("two claimants match".into());
+        }
+        let window = Window::parse_financial_year("2026-27").unwrap_or(Window {
+            from: day(0),
+            to: day(0),
+        });
+        let view = assemble(window, day(0), vec![capped], &[]);
+        let codes: Vec<&str> = view.warnings.iter().map(|w| w.code).collect();
+        assert_eq!(
+            codes,
+            [
+                "AMBIGUOUS_MATCH",
+                "REVIEW_DUE",
+                "REVIEW_DUE",
+                "CAP_EXCEEDED"
+            ]
+        );
+        assert!(
+            view.warnings[3].message.contains("70000.00"),
+            "{}",
+            view.warnings[3].message
+        );
+        let ids: Vec<&str> = view.streams[0]
+            .awards
+            .iter()
+            .map(|a| a.award.upstream_id.as_str())
+            .collect();
+        assert_eq!(ids, ["A-1", "A-2"]);
+        assert_eq!(view.streams[0].gross, 7_000_000);
     }
 
     #[test]
