@@ -233,12 +233,14 @@ pub struct Parsed {
     budgets: usize,
     /// How many aliases it runs, fragments expanded (see [`aliases`]).
     aliases: usize,
+    /// Whether every request of the text runs the same selections, each found by where it
+    /// starts in the text (see [`Parsed::same_in_every_request`]).
+    same: bool,
     /// What its budget fields select, planned once for the text (see `budget_answer`).
     plans: crate::graphql::budget_answer::Plans,
-    /// The document without its budgets' selections, for requests once the text has passed
-    /// validation (see [`Parsed::for_request`]); `None` where that would be no leaner, or the
-    /// text is validated on every request.
-    lean: Option<ExecutableDocument>,
+    /// The document without its budgets' selections, made for the first request that may run
+    /// it (see [`Parsed::for_request`]).
+    lean: std::sync::OnceLock<ExecutableDocument>,
 }
 
 impl Parsed {
@@ -251,8 +253,16 @@ impl Parsed {
             usize::from(field.name.node.as_str() == BUDGET_FIELD)
         });
         let eligible = queries_only && !text.contains('@');
+        // The parser ends a line at a lone carriage return without counting a new one, so two
+        // selections of such a text could start at the same line and column.
+        let lone_cr = text
+            .as_bytes()
+            .iter()
+            .enumerate()
+            .any(|(i, b)| *b == b'\r' && text.as_bytes().get(i + 1) != Some(&b'\n'));
         Self {
-            lean: (eligible && budgets > 0).then(|| lean(&document)),
+            same: eligible && !lone_cr,
+            lean: Default::default(),
             eligible,
             validated: Default::default(),
             budgets,
@@ -265,6 +275,16 @@ impl Parsed {
     /// What its budget fields select, planned when the text's first budget is walked.
     pub fn plans(&self) -> &crate::graphql::budget_answer::Plans {
         &self.plans
+    }
+
+    /// Whether every request of the text runs the same selections, so that what a budget
+    /// selects can be planned once for the text and read from its own document: a query
+    /// operation with no directive (a request's variables prune nothing: async-graphql drops
+    /// the selections `@skip` and `@include` leave out, and the directives themselves, from
+    /// each request's copy), and no line broken by a lone carriage return (each selection set
+    /// starts at a line and column of its own, where its plan is kept).
+    pub fn same_in_every_request(&self) -> bool {
+        self.same
     }
 
     /// How many aliases the text runs, counted once for the text rather than on every request.
@@ -291,9 +311,10 @@ impl Parsed {
     /// instructions of a budget served from snapshots, and the schema's own passes over the
     /// document (its depth and directive checks) have that much less to walk.
     pub fn for_request(&self) -> ExecutableDocument {
-        match &self.lean {
-            Some(lean) if self.validated().is_some() => lean.clone(),
-            _ => self.document.clone(),
+        if self.same && self.budgets > 0 && self.validated().is_some() {
+            self.lean.get_or_init(|| lean(&self.document)).clone()
+        } else {
+            self.document.clone()
         }
     }
 
@@ -621,6 +642,43 @@ mod tests {
             outline(&with_directive.for_request()),
             outline(with_directive.document())
         );
+    }
+
+    #[test]
+    fn only_a_text_whose_requests_all_run_the_same_selections_keeps_its_plans() {
+        let cache = DocumentCache::default();
+        for (text, same) in [
+            (
+                "{ person(id: 1) { superBudget { gross { amount } } } }",
+                true,
+            ),
+            (
+                "{ person(id: 1) {\r\n superBudget { gross { amount } } } }",
+                true,
+            ),
+            (
+                "{ person(id: 1) {\r superBudget { gross { amount } } } }",
+                false,
+            ),
+            (
+                "{ person(id: 1) { superBudget { gross { amount } } } }\r",
+                false,
+            ),
+            (
+                "query($x: Boolean!) { person(id: 1) { superBudget { gross @include(if: $x) { amount } } } }",
+                false,
+            ),
+            ("mutation { x }", false),
+        ] {
+            let parsed = cache.parse(text).unwrap();
+            assert_eq!(parsed.same_in_every_request(), same, "{text:?}");
+            parsed.note_validated(passed());
+            assert_eq!(
+                outline(&parsed.for_request()) != outline(parsed.document()),
+                same && text.contains(BUDGET_FIELD),
+                "lean only where the selections are the same: {text:?}"
+            );
+        }
     }
 
     /// A request's lean copy leaves out the selection of every field named superBudget, which

@@ -56,11 +56,14 @@ impl OutputType for BudgetAnswer {
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
         let parsed = ctx.data_opt::<Arc<crate::limits::Parsed>>();
-        // The budget's selection as the text has it, with the text's fragments: a request's
-        // lean copy of a text leaves the selection out (see `limits::Parsed::for_request`).
+        // A text whose every request runs the same selections has its plan kept, and its
+        // budget's selection read from the text's own document, with its fragments: a request's
+        // lean copy leaves the selection out (see `limits::Parsed::for_request`). Any other
+        // text (directives, which each request's variables prune) is planned from the
+        // request's own copy, every time.
+        let kept = parsed.filter(|p| p.same_in_every_request());
         let whole = || {
-            parsed
-                .and_then(|p| Some((p.selection_set_at(ctx.item.pos)?, &p.document().fragments)))
+            kept.and_then(|p| Some((p.selection_set_at(ctx.item.pos)?, &p.document().fragments)))
                 .unwrap_or((ctx.item, &ctx.query_env.fragments))
         };
         let planner = || {
@@ -71,7 +74,7 @@ impl OutputType for BudgetAnswer {
             };
             planner.plan(<BudgetView as Answer>::TYPE, &[set])
         };
-        let plan = match parsed {
+        let plan = match kept {
             Some(parsed) => parsed.plans().get(ctx.item, planner),
             None => planner().map(Arc::new),
         };
@@ -841,8 +844,18 @@ mod tests {
         view: BudgetView,
         query: &str,
     ) -> async_graphql::Response {
+        served_with(documents, view, query, json!({})).await
+    }
+
+    /// The same, with `variables`.
+    async fn served_with(
+        documents: &crate::limits::DocumentCache,
+        view: BudgetView,
+        query: &str,
+        variables: Json,
+    ) -> async_graphql::Response {
         let parsed = documents.parse(query).expect("a query");
-        let mut request = Request::new(query);
+        let mut request = Request::new(query).variables(Variables::from_json(variables));
         request.set_parsed_query(parsed.for_request());
         Schema::build(Both(view), EmptyMutation, EmptySubscription)
             .extension(crate::limits::ValidatedBefore::default())
@@ -983,6 +996,63 @@ mod tests {
         );
         let data = json_of(lean.data);
         assert!(data["superBudget"]["gross"]["amount"].is_string(), "{data}");
+    }
+
+    #[tokio::test]
+    async fn directives_in_a_served_budget_follow_each_requests_variables() {
+        let documents = crate::limits::DocumentCache::default();
+        let selection = "{ gross { amount } warnings @include(if: $yes) { code } \
+                         purposes @skip(if: $yes) { purpose } streams { awards @include(if: $yes) { id } } }";
+        let query =
+            format!("query($yes: Boolean!) {{ superBudget {selection} derived {selection} }}");
+        for yes in [false, true, false, true] {
+            let answer = served_with(&documents, budget(), &query, json!({ "yes": yes })).await;
+            assert!(answer.errors.is_empty(), "{:?}", answer.errors);
+            let Value::Object(fields) = &answer.data else {
+                panic!("an object");
+            };
+            let walked = match &fields["superBudget"] {
+                Value::Binary(json) => String::from_utf8(json.to_vec()).expect("UTF-8"),
+                other => serde_json::to_string(other).expect("JSON"),
+            };
+            assert_eq!(walked, sent(&answer.data, "derived"), "yes = {yes}");
+            let budget: Json = serde_json::from_str(&walked).expect("JSON");
+            assert_eq!(
+                budget.get("warnings").is_some(),
+                yes,
+                "yes = {yes}: {budget}"
+            );
+            assert_eq!(
+                budget.get("purposes").is_some(),
+                !yes,
+                "yes = {yes}: {budget}"
+            );
+            assert_eq!(budget["streams"][0].get("awards").is_some(), yes);
+        }
+    }
+
+    #[tokio::test]
+    async fn two_budgets_at_one_line_and_column_are_each_planned_for_themselves() {
+        let documents = crate::limits::DocumentCache::default();
+        // A lone carriage return ends a line without the parser counting a new one: both
+        // selections start at line 1, column 18.
+        let query = "{ a: superBudget { gross { amount } }\r  b: superBudget { net { amount } } }";
+        for _ in 0..2 {
+            let answer = served_as_is(&documents, budget(), query).await;
+            assert!(answer.errors.is_empty(), "{:?}", answer.errors);
+            let mut out = Vec::new();
+            crate::graphql::respond::write_response(&mut out, &answer).expect("written");
+            let sent: Json = serde_json::from_slice(&out).expect("JSON");
+            let data = &sent["data"];
+            assert!(
+                data["a"].get("gross").is_some() && data["a"].get("net").is_none(),
+                "{data}"
+            );
+            assert!(
+                data["b"].get("net").is_some() && data["b"].get("gross").is_none(),
+                "{data}"
+            );
+        }
     }
 
     #[test]
