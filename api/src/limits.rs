@@ -255,11 +255,7 @@ impl Parsed {
         let eligible = queries_only && !text.contains('@');
         // The parser ends a line at a lone carriage return without counting a new one, so two
         // selections of such a text could start at the same line and column.
-        let lone_cr = text
-            .as_bytes()
-            .iter()
-            .enumerate()
-            .any(|(i, b)| *b == b'\r' && text.as_bytes().get(i + 1) != Some(&b'\n'));
+        let lone_cr = text.split("\r\n").any(|line| line.contains('\r'));
         Self {
             same: eligible && !lone_cr,
             lean: Default::default(),
@@ -490,6 +486,15 @@ impl TokenRate {
     }
 }
 
+/// The field named `name` among `set`'s own selections, if there is one.
+#[cfg(test)]
+pub(crate) fn field_named<'d>(set: &'d SelectionSet, name: &str) -> Option<&'d Positioned<Field>> {
+    set.items.iter().find_map(|s| match &s.node {
+        Selection::Field(f) if f.node.name.node == name => Some(f),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,17 +615,7 @@ mod tests {
         let Selection::Field(person) = &operation.node.selection_set.node.items[0].node else {
             panic!("a field");
         };
-        let budget = person
-            .node
-            .selection_set
-            .node
-            .items
-            .iter()
-            .find_map(|s| match &s.node {
-                Selection::Field(f) if f.node.name.node == BUDGET_FIELD => Some(f),
-                _ => None,
-            })
-            .unwrap();
+        let budget = field_named(&person.node.selection_set.node, BUDGET_FIELD).unwrap();
         let found = parsed
             .selection_set_at(budget.node.selection_set.pos)
             .unwrap();

@@ -868,19 +868,24 @@ mod tests {
     fn selected_now(documents: &crate::limits::DocumentCache, query: &str) -> usize {
         let doc = documents.parse(query).expect("kept").for_request();
         let (_, operation) = doc.operations.iter().next().expect("an operation");
-        operation
+        crate::limits::field_named(&operation.node.selection_set.node, "superBudget")
+            .expect("a superBudget field")
             .node
             .selection_set
             .node
             .items
-            .iter()
-            .find_map(|s| match &s.node {
-                Selection::Field(f) if f.node.name.node == "superBudget" => {
-                    Some(f.node.selection_set.node.items.len())
-                }
-                _ => None,
-            })
-            .expect("a superBudget field")
+            .len()
+    }
+
+    /// The JSON the walk wrote for the field `key` of `data`, as the server sends it.
+    fn written_by_walk<'d>(data: &'d Value, key: &str) -> &'d str {
+        let Value::Object(fields) = data else {
+            panic!("an object");
+        };
+        let Value::Binary(json) = &fields[key] else {
+            panic!("JSON written by the walk: {:?}", fields[key]);
+        };
+        std::str::from_utf8(json).expect("UTF-8")
     }
 
     #[tokio::test]
@@ -892,15 +897,9 @@ mod tests {
             &format!("{{ superBudget {selection} derived {selection} }}"),
         )
         .await;
-        let Value::Object(fields) = &answer.data else {
-            panic!("an object");
-        };
-        let Value::Binary(json) = &fields["superBudget"] else {
-            panic!("JSON written by the walk: {:?}", fields["superBudget"]);
-        };
         assert_eq!(
-            std::str::from_utf8(json).ok(),
-            Some(sent(&answer.data, "derived").as_str())
+            written_by_walk(&answer.data, "superBudget"),
+            sent(&answer.data, "derived")
         );
         let mut out = Vec::new();
         crate::graphql::respond::write_response(&mut out, &answer).unwrap();
@@ -947,15 +946,9 @@ mod tests {
             // run the lean copy, the budget's selection left out.
             assert_eq!(selected_now(&documents, &query) == 0, i > 0, "request {i}");
             let answer = served_from(&documents, view, &query).await;
-            let Value::Object(fields) = &answer.data else {
-                panic!("an object");
-            };
-            let Value::Binary(json) = &fields["superBudget"] else {
-                panic!("JSON written by the walk: {:?}", fields["superBudget"]);
-            };
             assert_eq!(
-                std::str::from_utf8(json).ok(),
-                Some(sent(&answer.data, "derived").as_str())
+                written_by_walk(&answer.data, "superBudget"),
+                sent(&answer.data, "derived")
             );
         }
         let parsed = documents.parse(&query).expect("kept");
@@ -1008,15 +1001,9 @@ mod tests {
         for yes in [false, true, false, true] {
             let answer = served_with(&documents, budget(), &query, json!({ "yes": yes })).await;
             assert!(answer.errors.is_empty(), "{:?}", answer.errors);
-            let Value::Object(fields) = &answer.data else {
-                panic!("an object");
-            };
-            let walked = match &fields["superBudget"] {
-                Value::Binary(json) => String::from_utf8(json.to_vec()).expect("UTF-8"),
-                other => serde_json::to_string(other).expect("JSON"),
-            };
+            let walked = written_by_walk(&answer.data, "superBudget");
             assert_eq!(walked, sent(&answer.data, "derived"), "yes = {yes}");
-            let budget: Json = serde_json::from_str(&walked).expect("JSON");
+            let budget: Json = serde_json::from_str(walked).expect("JSON");
             assert_eq!(
                 budget.get("warnings").is_some(),
                 yes,
