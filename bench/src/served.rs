@@ -619,6 +619,33 @@ pub async fn backend_suite(
     for s in sandboxes.all() {
         s.faults.set_latency_ms(0);
     }
+    // The same views with the partners answering at once: the hub is then busy rather than
+    // woken for each event of each view, so the difference from the figure above is what
+    // waking costs at that load, not what a view's work costs. Not a target: the target is
+    // the figure above, with the partners 50 ms away.
+    let before = procstat::read(hub.pid).unwrap_or_default();
+    let calls_before = procstat::activity(hub.pid);
+    let prompt = load::run(&args.oha, &target, 32, None, plan.run).await?;
+    let after = procstat::read(hub.pid).unwrap_or_default();
+    let calls = procstat::activity_since(hub.pid, calls_before);
+    report.info(
+        "cpu",
+        "hub CPU per query, live fan-out, partners answering at once (not a target)",
+        b,
+        Some((after.cpu_secs - before.cpu_secs) / prompt.ok.max(1) as f64 * 1e6),
+        "µs",
+        format!(
+            "the same views as the row above with no latency added: closed loop, 32 connections, {:.0} queries/s, p50 {:.2} ms, {} not 200; {}; {} context switches a query (the row above's are in the kernel rows): the gap between the two rows is what waking the hub for each view's events costs while it is mostly idle",
+            prompt.rps,
+            prompt.p50_ms,
+            prompt.requests - prompt.ok + prompt.errors,
+            kernel_share(before, after, prompt.ok),
+            calls.map_or_else(
+                || "unknown".to_owned(),
+                |c| format!("{:.2}", c.context_switches as f64 / prompt.ok.max(1) as f64)
+            ),
+        ),
+    );
     hub.stop().await?;
     if counting {
         crate::instructions::measure(callgrind, &config, Kind::FanOut, args.quick, b, report).await;
