@@ -646,6 +646,18 @@ impl SqliteReads {
             .collect();
         Ok(Some((person, identifiers)))
     }
+
+    /// The id of the person holding the identifier `scheme`:`value` (as stored: normalised),
+    /// if anyone does.
+    pub fn person_id_by_identifier(&self, scheme: &str, value: &str) -> ApiResult<Option<String>> {
+        Ok(self
+            .rows(
+                "SELECT person_id FROM person_identifiers WHERE scheme = ? AND value = ? LIMIT 1",
+                &[scheme, value],
+                |r| r.get(0),
+            )?
+            .pop())
+    }
 }
 
 #[cfg(test)]

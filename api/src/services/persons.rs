@@ -603,22 +603,29 @@ pub async fn get_served_with_views(
     Ok((person, found.bundle.clone()))
 }
 
-/// The hub person id holding an identifier; NOT_FOUND when nobody does.
+/// The hub id of the person holding an identifier (normalised first); NOT_FOUND when nobody
+/// does. Read on the served path's reader (see `reader`): inline on a SQLite file, on the readers' sessions on
+/// PostgreSQL, through the pool otherwise. A portal or an agency finds a person by the
+/// identifier it knows them by before it reads their budget, so this read is on the served
+/// path as much as the person's own.
 pub async fn find_by_identifier(
-    db: &impl ConnectionTrait,
+    reader: &crate::reader::Reader,
     scheme: IdentifierScheme,
     raw: &str,
 ) -> ApiResult<String> {
     let value = normalise(scheme, raw)?;
-    find_identifier(db, scheme, &value)
-        .await?
-        .map(|row| row.person_id)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no person is registered with this {}",
-                scheme.label()
-            ))
-        })
+    let found = match reader.sqlite() {
+        Some(local) => local.person_id_by_identifier(scheme.as_str(), &value)?,
+        None => find_identifier(reader, scheme, &value)
+            .await?
+            .map(|row| row.person_id),
+    };
+    found.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no person is registered with this {}",
+            scheme.label()
+        ))
+    })
 }
 
 /// Links an identifier to a person. Linking one the person already holds changes nothing.
