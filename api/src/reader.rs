@@ -1,8 +1,8 @@
 //! Where the served path reads the store, chosen once when the server starts.
 //!
-//! Writes always go through sea-orm's pool. The reads of a served query (a person, their
-//! snapshots, the current extracts and their rows, rejected records, plan items) go the
-//! cheapest way the store allows:
+//! Writes always go through sea-orm's pool. The reads of a served query (a person, found by id
+//! or by an identifier, their snapshots, the current extracts and their rows, rejected
+//! records, plan items) go the cheapest way the store allows:
 //! - a SQLite file: inline, through `rusqlite` (see `sqlite_reads`);
 //! - PostgreSQL: on connections of their own (see `pg_reads`);
 //! - anything else (an in-memory SQLite database): through the pool.

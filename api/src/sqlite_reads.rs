@@ -4,7 +4,8 @@
 //! to that thread and rows sent back, two cross-thread wake-ups a statement. A combined budget
 //! takes about eight indexed reads that each cost SQLite a few microseconds, and the benchmark's
 //! profile showed the hand-offs, not SQLite, were half the hub's CPU. The served path's reads
-//! (a person, their snapshots, the current extract's rows, rejected records, plan items)
+//! (a person, found by id or by an identifier, their snapshots, the current extract's rows,
+//! rejected records, plan items)
 //! therefore go through here instead: a small pool of `rusqlite` connections, each used inline
 //! by whichever task needs it, so a read is a function call. Writes stay on sea-orm, in
 //! transactions, except a live view's snapshots, which go through the one inline writer kept

@@ -797,7 +797,7 @@ async fn paged_budgets(app: &TestApp) -> std::collections::HashMap<String, Value
 /// stream from it either way. A person found by identifier (`personByIdentifier`) is read with
 /// their budget as a person found by id is, so it answers the same too.
 #[tokio::test]
-async fn a_postgres_budget_read_with_its_person_matches_one_read_after_it() {
+async fn a_postgres_budget_read_with_its_person_matches_a_page_read() {
     let (app, ids) = synced_world_with_a_plan(Backend::Postgres).await;
     let paged = paged_budgets(&app).await;
     assert_eq!(paged.len(), ids.len());
@@ -1017,6 +1017,13 @@ async fn inline_sqlite_reads_return_exactly_what_sea_orm_reads() {
         .map(|i| i.scheme.as_str())
         .find(|scheme| *scheme != held.scheme)
         .expect("the world's people hold identifiers of more than one scheme");
+    assert!(
+        !identifiers
+            .iter()
+            .any(|i| i.scheme == other_scheme && i.value == held.value),
+        "nobody holds {} under {other_scheme}",
+        held.value
+    );
     assert_eq!(
         local
             .person_id_by_identifier(other_scheme, &held.value)

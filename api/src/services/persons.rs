@@ -604,10 +604,12 @@ pub async fn get_served_with_views(
 }
 
 /// The hub id of the person holding an identifier (normalised first); NOT_FOUND when nobody
-/// does. Read on the served path's reader (see `reader`): inline on a SQLite file, on the readers' sessions on
-/// PostgreSQL, through the pool otherwise. A portal or an agency finds a person by the
-/// identifier it knows them by before it reads their budget, so this read is on the served
-/// path as much as the person's own.
+/// does. Read on the served path's reader (see `reader`): inline on a SQLite file, on the
+/// readers' sessions on PostgreSQL, through the pool otherwise. A portal or an agency finds a
+/// person by the identifier it knows them by before it reads their budget, so this read is on
+/// the served path as much as the person's own, and sees what the person's read sees: on a
+/// SQLite file, this process's writes at once and another process's (a `tributary sync`, an
+/// administrator's command) within `sqlite_reads`' view age of 20 ms.
 pub async fn find_by_identifier(
     reader: &crate::reader::Reader,
     scheme: IdentifierScheme,
