@@ -5,11 +5,10 @@
 //! takes about eight indexed reads that each cost SQLite a few microseconds, and the benchmark's
 //! profile showed the hand-offs, not SQLite, were half the hub's CPU. The served path's reads
 //! (a person, found by id or by an identifier, their snapshots, the current extract's rows,
-//! rejected records, plan items)
-//! therefore go through here instead: a small pool of `rusqlite` connections, each used inline
-//! by whichever task needs it, so a read is a function call. Writes stay on sea-orm, in
-//! transactions, except a live view's snapshots, which go through the one inline writer kept
-//! here (see `sqlite_writes`).
+//! rejected records, plan items) therefore go through here instead: a small pool of `rusqlite`
+//! connections, each used inline by whichever task needs it, so a read is a function call.
+//! Writes stay on sea-orm, in transactions, except a live view's snapshots, which go through
+//! the one inline writer kept here (see `sqlite_writes`).
 //!
 //! Each connection is `query_only`, so nothing here can write. No memory map: a mapped file's
 //! pages count in the server's resident memory, and a caseload's store is larger than its budget. In WAL mode a reader never waits

@@ -765,6 +765,16 @@ async fn a_postgres_view_reads_the_store_with_its_person_in_one_statement() {
     );
 }
 
+/// `BUDGET` asked of the person holding `$value` under `scheme`.
+fn budget_by_identifier(scheme: &str) -> String {
+    tributary_tests::BUDGET
+        .replace("query($id: ID!)", "query($value: String!)")
+        .replace(
+            "person(id: $id)",
+            &format!("personByIdentifier(scheme: {scheme}, value: $value)"),
+        )
+}
+
 /// Every person's budget (the fields `BUDGET` asks) from one page of people, by person id.
 async fn paged_budgets(app: &TestApp) -> std::collections::HashMap<String, Value> {
     let query = tributary_tests::BUDGET.replace(
@@ -811,12 +821,7 @@ async fn a_postgres_budget_read_with_its_person_matches_a_page_read() {
         );
         assert_eq!(paged[id], with_person, "person {id}");
     }
-    let by_identifier = tributary_tests::BUDGET
-        .replace("query($id: ID!)", "query($value: String!)")
-        .replace(
-            "person(id: $id)",
-            "personByIdentifier(scheme: NINO, value: $value)",
-        );
+    let by_identifier = budget_by_identifier("NINO");
     let ninos: Vec<(String, String)> = {
         use sea_orm::ConnectionTrait;
         app.db
@@ -886,12 +891,7 @@ async fn a_postgres_budget_by_identifier_reads_its_person_with_its_views() {
             .try_get("", "value")
             .unwrap()
     };
-    let by_identifier = tributary_tests::BUDGET
-        .replace("query($id: ID!)", "query($value: String!)")
-        .replace(
-            "person(id: $id)",
-            "personByIdentifier(scheme: NHS_NUMBER, value: $value)",
-        );
+    let by_identifier = budget_by_identifier("NHS_NUMBER");
     let token = app.person(&ids[0]);
     let before = count();
     let by_id = app.budget(&ids[0]).await;

@@ -286,6 +286,15 @@ fn hide_existence(principal: &Principal, error: ApiError) -> ApiError {
     }
 }
 
+/// The request's loaders when the query asks for the person's budget (for [`read_person`]).
+fn budget_loaders<'a>(ctx: &Context<'a>) -> ApiResult<Option<&'a super::loaders::Loaders>> {
+    if ctx.look_ahead().field("superBudget").exists() {
+        super::loaders(ctx).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// The person, once the caller may read them. With `budget` (the request's loaders, for a
 /// query that also asks for the person's budget), on PostgreSQL the budget's store reads come
 /// with the person's (see `persons::get_served_with_views`), and the loaders keep them.
@@ -314,15 +323,7 @@ impl PersonsQuery {
     async fn person(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Person>> {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
-        let result = async {
-            let budget = if ctx.look_ahead().field("superBudget").exists() {
-                Some(super::loaders(ctx)?)
-            } else {
-                None
-            };
-            read_person(app, principal, &id, budget).await
-        }
-        .await;
+        let result = async { read_person(app, principal, &id, budget_loaders(ctx)?).await }.await;
         let person = result.gql(principal)?;
         log_read(ctx, &person.id, "person.read");
         Ok(Some(Person(person)))
@@ -338,12 +339,7 @@ impl PersonsQuery {
         let principal = principal(ctx)?;
         let app = app(ctx)?;
         let result = async {
-            // As `person`: with the budget, its store reads come with the person's.
-            let budget = if ctx.look_ahead().field("superBudget").exists() {
-                Some(super::loaders(ctx)?)
-            } else {
-                None
-            };
+            let budget = budget_loaders(ctx)?;
             let id = service::find_by_identifier(&app.reader, scheme.into(), &value)
                 .await
                 .map_err(|e| hide_existence(principal, e))?;
