@@ -1334,6 +1334,38 @@ async fn a_postgres_snapshot_writer_whose_session_ended_keeps_on_a_new_one() {
     );
 }
 
+/// The sessions that keep a view's answers on PostgreSQL commit without waiting for the log's
+/// flush (a lost snapshot is asked of its partner again), while the readers, and every other
+/// session, keep the server's setting: the audit log's commits wait for their flush.
+#[tokio::test]
+async fn postgres_snapshot_writers_alone_commit_without_waiting_for_the_flush() {
+    use sea_orm::{ConnectionTrait, Statement};
+
+    let app = spawn_app(Backend::Postgres).await;
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reads = tributary::pg_reads::PgReads::open(&app.database_url, 4, counter)
+        .expect("a PostgreSQL store has readers of its own");
+    async fn setting(db: &impl ConnectionTrait) -> String {
+        db.query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('synchronous_commit') AS s",
+        ))
+        .await
+        .unwrap()
+        .expect("one row")
+        .try_get::<String>("", "s")
+        .unwrap()
+    }
+    let writer = reads
+        .snapshot_writer()
+        .expect("the readers have a snapshot writer");
+    assert!(writer.snapshot_writer().is_none());
+    assert_eq!(setting(writer).await, "off");
+    let server = setting(&app.db).await;
+    assert_ne!(server, "off", "the test server waits for its flushes");
+    assert_eq!(setting(&reads).await, server);
+}
+
 /// A first view asks the three live partners at once and keeps their answers in one
 /// transaction: one read of the stored versions and one write for all the snapshots (on
 /// PostgreSQL one statement for both), not a read and a write (and a commit, and a turn at the
