@@ -87,11 +87,20 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most requests one merged read answers (see `coalesce`).
 const MERGED_REQUESTS: usize = 64;
 
-/// The most merged reads of one kind running at once. Measured on the benchmark's 2 cores
-/// (quick runs at full scale, superBudget closed loop at 32 connections): 1 and 2 served
-/// about the same (2,918 and 2,962 queries a second), 4 served 2,232: more statements at
-/// once only meant more PostgreSQL backends taking turns on the cores, and smaller merges.
-const MERGED_READS: usize = 2;
+/// The most merged reads of one kind running at once.
+///
+/// A served read's statement costs PostgreSQL mostly for being a statement: measured with
+/// `pgbench` on the benchmark's store (100,000 people), about 170 µs of the server's CPU for
+/// the statement and 80 µs more for each person it reads. So the fewer statements, the more
+/// people each reads, the less of the two cores the server takes from the hub. Quick runs at
+/// full scale on the benchmark's 2 cores, superBudget served from snapshots: with 2 at once,
+/// 5,189, 5,598 and 5,575 queries a second closed loop (PostgreSQL 165 to 173 µs a query) and
+/// p99 6.5 to 11.8 ms at a constant 3,000 a second; with 1, 6,150 and 6,409 (128 to 135 µs)
+/// and 5.7 and 5.0 ms. (Before the person came with their views in one statement, 1 and 2
+/// had served about the same, and 4 less: more statements at once only meant more backends
+/// taking turns on the cores, and smaller merges.) A request on a quiet hub is still read at
+/// once: only those that arrive while a read runs wait for the next.
+const MERGED_READS: usize = 1;
 
 /// A connection idle longer than this is pinged before it is used (the server may have closed
 /// it meanwhile); one in steady use is not.
