@@ -45,17 +45,24 @@
 //! ask twice (see `pg_snapshots`).
 //!
 //! Those sessions also commit without waiting for the log to reach the disk
-//! (`synchronous_commit = off`). A snapshot is a copy of a partner's answer, kept to serve
-//! the next view: should the server or the machine fail in the moment (a fraction of a
-//! second) before PostgreSQL's log writer flushes it, the last snapshots are lost whole, never
-//! in part, and the next view asks the partner again. The view's read of the person's data is
-//! still recorded in the audit log with a flushed commit before its answer leaves (the audit
-//! appender keeps the server's setting), and that flush carries whatever was logged before
-//! it. With every commit waiting for its flush, a first view waited for two (the audit's and
-//! its snapshots', made at once): without the snapshots' wait, the benchmark's hub overhead
-//! above the partners on PostgreSQL (p50, a quick run at full scale) fell from 1.14 ms to
-//! 0.65 ms. A sync's snapshots go through
-//! the pool and wait for their flushes as before.
+//! (`synchronous_commit = off`). A snapshot is a copy of a partner's answer, kept for later
+//! views. Should the database server or its machine fail before PostgreSQL's log writer
+//! flushes it (up to three times `wal_writer_delay`, 600 ms by default), or a standby take
+//! over without it, the last snapshots written are lost whole, never in part: the store holds
+//! the snapshot before them, or none. What that costs: the next view asks the partner again;
+//! a partner that is down meanwhile has its stream served from the older snapshot (STALE), or
+//! UNAVAILABLE if there was none; and a plan share's award (`FundingShare.award`, read only
+//! from the store) shows the older award, or none, until a view keeps the answer again.
+//! Nothing else is written on those sessions (they refuse sea-orm's writes, and run only
+//! `pg_snapshots`' statement and a read). The view's read of the person's data is still
+//! recorded in the audit log before its answer leaves, on the appender's own session, which
+//! keeps the server's setting (on, by default: its commit waits for its flush). A view served
+//! later from a kept snapshot records its read after reading it, so that flush also covers
+//! the snapshot. With every commit waiting for its flush, a first view waited for two (the
+//! audit's and its snapshots', made at once, their flushes likely one after the other when
+//! nothing else shares them): without the snapshots' wait, the benchmark's hub overhead above
+//! the partners on PostgreSQL (p50, one quick run at full scale each way) fell from 1.14 ms to
+//! 0.65 ms. A sync's snapshots go through the pool and wait for their flushes as before.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -150,13 +157,16 @@ pub struct PgReads {
     /// Sessions of their own, planning as the readers' do, for the one statement that keeps a
     /// view's answers (see `pg_snapshots`); `None` on the writer's own sessions. Only a
     /// statement that is safe to ask twice may run there: one whose connection was lost is
-    /// asked again, as a read is.
+    /// asked again, as a read is. And only one whose write may be lost in a crash: their
+    /// commits do not wait for the flush (see the module's notes).
     pub(crate) snapshot_writer: Option<Box<PgReads>>,
 }
 
 impl PgReads {
     /// The sessions that keep a view's answers (see the field of that name), when these are
-    /// the readers.
+    /// the readers; for tests, which check how they are set. Their commits do not wait for
+    /// the flush: write nothing there that must outlast a crash.
+    #[doc(hidden)]
     pub fn snapshot_writer(&self) -> Option<&PgReads> {
         self.snapshot_writer.as_deref()
     }

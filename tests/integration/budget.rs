@@ -1335,8 +1335,9 @@ async fn a_postgres_snapshot_writer_whose_session_ended_keeps_on_a_new_one() {
 }
 
 /// The sessions that keep a view's answers on PostgreSQL commit without waiting for the log's
-/// flush (a lost snapshot is asked of its partner again), while the readers, and every other
-/// session, keep the server's setting: the audit log's commits wait for their flush.
+/// flush (a lost snapshot is asked of its partner again): they set it themselves. The readers
+/// and the pool keep the server's setting, as the audit appender does (its options set
+/// nothing: `audit::tests::the_appender_keeps_postgresql_default_planning`).
 #[tokio::test]
 async fn postgres_snapshot_writers_alone_commit_without_waiting_for_the_flush() {
     use sea_orm::{ConnectionTrait, Statement};
@@ -1345,24 +1346,28 @@ async fn postgres_snapshot_writers_alone_commit_without_waiting_for_the_flush() 
     let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reads = tributary::pg_reads::PgReads::open(&app.database_url, 4, counter)
         .expect("a PostgreSQL store has readers of its own");
-    async fn setting(db: &impl ConnectionTrait) -> String {
-        db.query_one_raw(Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            "SELECT current_setting('synchronous_commit') AS s",
-        ))
-        .await
-        .unwrap()
-        .expect("one row")
-        .try_get::<String>("", "s")
-        .unwrap()
+    // The session's value and where it came from ("client": the session's own options).
+    async fn setting(db: &impl ConnectionTrait) -> (String, String) {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'",
+            ))
+            .await
+            .unwrap()
+            .expect("one row");
+        (
+            row.try_get::<String>("", "setting").unwrap(),
+            row.try_get::<String>("", "source").unwrap(),
+        )
     }
     let writer = reads
         .snapshot_writer()
         .expect("the readers have a snapshot writer");
     assert!(writer.snapshot_writer().is_none());
-    assert_eq!(setting(writer).await, "off");
+    assert_eq!(setting(writer).await, ("off".into(), "client".into()));
     let server = setting(&app.db).await;
-    assert_ne!(server, "off", "the test server waits for its flushes");
+    assert_ne!(server.1, "client", "the pool sets nothing: {server:?}");
     assert_eq!(setting(&reads).await, server);
 }
 

@@ -880,8 +880,8 @@ pub(crate) fn always_asked(connector: &dyn Connector) -> bool {
 /// `record` records the view's read in the audit log. When partners were asked, it runs
 /// while their answers are kept: the view is served from then on whatever the keeping does
 /// (a store that cannot keep them degrades only the keeping), so the two commits need not
-/// follow one another (on PostgreSQL each is a round trip and a flush, about half a
-/// millisecond). It is left unpolled otherwise, for the caller to record the read once the
+/// follow one another (on PostgreSQL each is a round trip, and the audit's commit waits for
+/// its flush; the snapshots' does not, see `pg_reads`). It is left unpolled otherwise, for the caller to record the read once the
 /// view is ready; the answer says whether it ran. It fails the view when it fails: no data
 /// leaves without its read recorded.
 pub async fn gather(
