@@ -2079,13 +2079,11 @@ async fn postgres_person_reads_look_people_up_by_index() {
     );
 
     // The person read with their views' rows finds them by index too.
-    let lookups = r#"[{"connector": "la-social-care", "scheme": "COUNCIL_CLIENT_ID", "rank": 0}]"#;
     let plan: serde_json::Value = app
         .scalar(format!(
             "EXPLAIN (FORMAT JSON) {}",
-            tributary::pg_bundle::PEOPLE_VIEWS_SQL
+            tributary::pg_bundle::people_views_sql(&[("la-social-care", "COUNCIL_CLIENT_ID", 0)])
                 .replace("$1", &format!("'{ids}'"))
-                .replace("$2", &format!("'{lookups}'"))
         ))
         .await;
     fn scans(node: &serde_json::Value, out: &mut Vec<(String, String)>) {
@@ -2108,6 +2106,30 @@ async fn postgres_person_reads_look_people_up_by_index() {
         assert!(
             !seen.contains(&("Seq Scan".to_owned(), table.to_owned())),
             "{table} is scanned whole: {plan}"
+        );
+    }
+
+    // The lookups are written into that statement as quoted literals, and no lookups at all is
+    // a statement too (a hub whose partners are all asked on every view): the person is read
+    // either way, and only a lookup's connector has its pair derived and asked about.
+    let subject = "COUNCIL_CLIENT_ID:COUNCIL_CLIENT_ID2";
+    for (lookups, asked) in [
+        (&[][..], false),
+        (&[("o'hara", "COUNCIL_CLIENT_ID", 0)][..], true),
+    ] {
+        let read = tributary::pg_bundle::read_people_views(
+            &app.db,
+            std::slice::from_ref(&with),
+            &tributary::pg_bundle::people_views_sql(lookups),
+        )
+        .await
+        .unwrap();
+        assert_eq!(read.people[&with].identifiers.len(), 2);
+        let bundle = read.bundle.expect("the views' rows are usable");
+        assert_eq!(
+            bundle.snapshot("o'hara", subject).is_some(),
+            asked,
+            "{lookups:?}"
         );
     }
 

@@ -586,12 +586,12 @@ pub async fn get_served_with_views(
     };
     let id = parse_person_id(id)?;
     let on = reads.clone();
-    let lookups: Arc<str> = crate::pg_bundle::lookups(registry)?.into();
+    let sql = crate::pg_bundle::people_views_sql_for(registry);
     let found = reads
         .person_views
         .read(id.clone(), move |ids: Vec<String>| {
-            let (on, lookups) = (on.clone(), lookups.clone());
-            async move { crate::pg_bundle::read_people_views(&*on, &ids, &lookups).await }
+            let (on, sql) = (on.clone(), sql.clone());
+            async move { crate::pg_bundle::read_people_views(&*on, &ids, &sql).await }
         })
         .await
         .map_err(ApiError::unshare)?;
