@@ -112,18 +112,21 @@ static BUNDLE_SQL: std::sync::LazyLock<String> =
 /// People by hub id with their identifiers, and everything their views can ask, in one
 /// statement (see [`read_people_views`]), for connectors whose lookup schemes are `lookups`:
 /// each connector id, a scheme it looks people up by, and the scheme's rank in the connector's
-/// order (see [`lookups`]). `$1`: the person ids, as a JSON array of strings.
+/// order (see `lookups`, which reads them from a registry). `$1`: the person ids, as a JSON
+/// array of strings.
 ///
 /// The lookups are written into the statement as a list of values, not sent as a parameter:
 /// they are the same for every statement a server asks, and a JSON parameter was read afresh
-/// by every execution (`json_to_recordset`). Measured with `pgbench` on the benchmark's store
-/// (100,000 people), a statement for one to three people took about 25 to 35 µs less of the
-/// server's CPU this way, of 300 to 450; in three paired quick runs of the benchmark (served
-/// from snapshots, 32 connections), where statements are merged and the audit log's writes
-/// share the server, PostgreSQL's CPU a query fell by 2 to 3.5 µs (about 2%), throughput the
-/// same within the runs' noise. Connector ids are lower-case letters, digits, '-' and '_' (checked when the
-/// configuration is read) and schemes are the hub's own names; each is still written as a
-/// quoted literal.
+/// by every execution (`json_to_recordset`), and planned blind (the planner guessed 100 rows;
+/// it now sees the list). Measured with `pgbench` on the benchmark's store (100,000 people), a
+/// statement for one to three people took about 25 to 35 µs less of the server's CPU this
+/// way, of 300 to 450; in three paired quick runs of the benchmark (served from snapshots, 32
+/// connections), where statements are merged and the audit log's writes share the server,
+/// PostgreSQL's CPU a query fell by 2 to 3.5 µs (about 2%), throughput the same within the
+/// runs' noise. Connector ids are lower-case letters, digits, '-' and '_' (checked when the
+/// configuration is read) and schemes are the hub's own names; each is still written as an
+/// escape string literal (`E'...'`, its backslashes and quotes doubled), which reads the same
+/// whatever the server's `standard_conforming_strings`.
 ///
 /// The pairs are derived here from the people's identifiers as `Connector::subject` picks
 /// them: for each person and connector, the subject key (`SCHEME:value`) of the identifier in
@@ -131,7 +134,7 @@ static BUNDLE_SQL: std::sync::LazyLock<String> =
 /// the person's identifiers are sorted) if they hold several. Should a view still ask about a
 /// pair not derived here, it reads it for itself (`Loaders::prepare`).
 pub fn people_views_sql(lookups: &[(&str, &str, usize)]) -> String {
-    let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    let quote = |text: &str| format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"));
     let values = if lookups.is_empty() {
         "(SELECT NULL::text, NULL::text, NULL::int WHERE false)".to_owned()
     } else {
