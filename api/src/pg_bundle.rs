@@ -172,25 +172,14 @@ WITH people AS (
     )
 }
 
-/// [`people_views_sql`] for `registry`'s connectors, written once for each set of lookups a
-/// process meets (a server has one) and kept.
-pub fn people_views_sql_for(registry: &connectors::Registry) -> Arc<str> {
-    static KEPT: std::sync::LazyLock<std::sync::Mutex<HashMap<Lookups, Arc<str>>>> =
-        std::sync::LazyLock::new(Default::default);
+/// [`people_views_sql`] for `registry`'s connectors.
+pub fn people_views_sql_for(registry: &connectors::Registry) -> String {
     let lookups = lookups(registry);
-    let mut kept = KEPT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(sql) = kept.get(&lookups) {
-        return sql.clone();
-    }
     let borrowed: Vec<(&str, &str, usize)> = lookups
         .iter()
         .map(|(connector, scheme, rank)| (connector.as_str(), *scheme, *rank))
         .collect();
-    let sql: Arc<str> = people_views_sql(&borrowed).into();
-    kept.insert(lookups, sql.clone());
-    sql
+    people_views_sql(&borrowed)
 }
 
 /// Everything the views of one page can ask the store, read at once.
@@ -345,14 +334,11 @@ fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> ApiResult<String> {
     serde_json::to_string(value).map_err(|e| ApiError::internal(e, "writing a read's parameters"))
 }
 
-/// Each connector id, a scheme it looks people up by, and the scheme's rank in its order.
-type Lookups = Vec<(String, &'static str, usize)>;
-
 /// The lookup schemes of every connector whose snapshots a view reads before it asks, as
 /// [`people_views_sql`] takes them: each connector id, scheme and the scheme's rank in the
 /// connector's order. A partner asked on every view has its snapshot read only if it fails
 /// (see `sources::gather`).
-fn lookups(registry: &connectors::Registry) -> Lookups {
+fn lookups(registry: &connectors::Registry) -> Vec<(String, &'static str, usize)> {
     registry
         .all()
         .filter(|c| !crate::services::sources::always_asked(c.as_ref()))
@@ -377,7 +363,7 @@ pub struct PeopleViews {
 }
 
 /// People by hub id with their identifiers, and everything their views can ask about, in
-/// one statement (`sql`: see [`people_views_sql_for`]): a served budget's person read and its
+/// one statement (`sql`: see [`people_views_sql`]): a served budget's person read and its
 /// views' read in one round trip, where they were two, one after the other.
 pub async fn read_people_views(
     db: &impl ConnectionTrait,

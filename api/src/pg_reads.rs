@@ -154,6 +154,9 @@ pub struct PgReads {
     /// The served path's person reads for a budget, with their views' reads, of concurrent
     /// requests, merged (see `persons::get_served_with_views`).
     pub(crate) person_views: Coalesce<String, crate::pg_bundle::PeopleViews>,
+    /// The statement of those reads (`pg_bundle::people_views_sql_for`), written for the
+    /// server's connectors when first needed and kept: a server's readers serve one registry.
+    pub(crate) person_views_sql: std::sync::OnceLock<Arc<str>>,
     /// Sessions of their own, planning as the readers' do, for the one statement that keeps a
     /// view's answers (see `pg_snapshots`); `None` on the writer's own sessions. Only a
     /// statement that is safe to ask twice may run there: one whose connection was lost is
@@ -230,6 +233,7 @@ impl PgReads {
             bundles: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
             people: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
             person_views: Coalesce::new(MERGED_READS, MERGED_REQUESTS),
+            person_views_sql: std::sync::OnceLock::new(),
             snapshot_writer: None,
         }
     }

@@ -586,7 +586,10 @@ pub async fn get_served_with_views(
     };
     let id = parse_person_id(id)?;
     let on = reads.clone();
-    let sql = crate::pg_bundle::people_views_sql_for(registry);
+    let sql = reads
+        .person_views_sql
+        .get_or_init(|| crate::pg_bundle::people_views_sql_for(registry).into())
+        .clone();
     let found = reads
         .person_views
         .read(id.clone(), move |ids: Vec<String>| {
