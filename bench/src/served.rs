@@ -37,6 +37,9 @@ pub struct Summary {
     pub sync_people_per_sec: f64,
     /// Live fan-out queries a second, closed loop.
     pub fanout_rps: f64,
+    /// On PostgreSQL, snapshot-served queries a second, closed loop, with the audit log's
+    /// commits not waiting for their flush (see `without_the_flush`).
+    pub unflushed_rps: Option<f64>,
     /// The store's URL (left populated for the peer run).
     pub database_url: String,
     /// Hub ids in world order.
@@ -273,6 +276,114 @@ pub async fn settle(database_url: &str) -> anyhow::Result<(f64, String)> {
     ))
 }
 
+/// What a served run needs besides the hub: the command line, the plan, the token's secret,
+/// the headers and the request bodies.
+struct Runs<'a> {
+    args: &'a Args,
+    plan: &'a Plan,
+    secret: &'a str,
+    headers: &'a [String],
+    bodies: &'a Path,
+}
+
+/// The snapshot-served runs again on PostgreSQL with the audit log's commits not waiting for
+/// their WAL flush: an experiment on the benchmark's own database (`ALTER DATABASE ... SET
+/// synchronous_commit = off`, reset afterwards), never the hub's setting, since an answer
+/// whose read event a crash could lose breaks the log's promise. It shows how much of
+/// PostgreSQL's served figures is this machine's disk: every group of read events waits for
+/// its flush before its answers leave (one group at a time, so the requests that arrive
+/// meanwhile wait for it too), where SQLite's commits (`synchronous = NORMAL` in WAL mode)
+/// are not flushed at all, and survive the hub's crash but not the machine's. Answers the
+/// closed loop's queries a second.
+async fn without_the_flush(
+    runs: Runs<'_>,
+    config: &HubConfig,
+    dir: &Path,
+    database_url: &str,
+    report: &mut Report,
+) -> anyhow::Result<f64> {
+    set_synchronous_commit(database_url, Some("off")).await?;
+    let measured = async {
+        let mut config = config.clone();
+        config.port = hub::free_port()?;
+        let file = hub::write_file(dir, "postgres-unflushed.toml", &config.toml())?;
+        let hub = Hub::start(
+            &runs.args.hub,
+            &file,
+            runs.secret,
+            config.port,
+            &dir.join("postgres-hub-unflushed.log"),
+        )
+        .await?;
+        let target = Target {
+            url: hub.url.clone(),
+            headers: runs.headers.to_vec(),
+            bodies: runs.bodies.to_path_buf(),
+        };
+        load::run(&runs.args.oha, &target, 32, None, runs.plan.warmup).await?;
+        let closed = load::run(&runs.args.oha, &target, 32, None, runs.plan.run).await?;
+        let constant = load::run(&runs.args.oha, &target, 32, Some(3000), runs.plan.run).await?;
+        hub.stop().await?;
+        anyhow::Ok((closed, constant))
+    }
+    .await;
+    // Reset whatever the runs did: the database is dropped at the end, or kept for a look.
+    set_synchronous_commit(database_url, None).await?;
+    let (closed, constant) = measured?;
+    let how = "an experiment, not a target: the same runs on the same store with the audit \
+               log's commits not waiting for their WAL flush (synchronous_commit = off for \
+               the benchmark's database only, reset after), which the hub never does";
+    report.info(
+        "snapshots",
+        "superBudget throughput, closed loop, 32 connections, audit commits not waiting for their flush",
+        Some("postgres"),
+        Some(closed.rps),
+        "queries/s",
+        format!(
+            "{how}; {} answered 200, {} not, p50 {:.2} ms, p99 {:.2} ms",
+            closed.ok,
+            closed.requests - closed.ok + closed.errors,
+            closed.p50_ms,
+            closed.p99_ms
+        ),
+    );
+    report.info(
+        "snapshots",
+        "superBudget p99 at a constant 3,000 queries/s, audit commits not waiting for their flush",
+        Some("postgres"),
+        Some(constant.p99_ms),
+        "ms",
+        format!(
+            "{how}; achieved {:.0}/s, p50 {:.2} ms, {} not 200",
+            constant.rps,
+            constant.p50_ms,
+            constant.requests - constant.ok + constant.errors
+        ),
+    );
+    Ok(closed.rps)
+}
+
+/// Sets (`Some`) or resets (`None`) `synchronous_commit` for new sessions of the database at
+/// `database_url`.
+async fn set_synchronous_commit(database_url: &str, value: Option<&str>) -> anyhow::Result<()> {
+    let db = tributary::db::connect(&DatabaseSettings {
+        url: database_url.to_owned(),
+        max_connections: 1,
+    })
+    .await?;
+    let change = match value {
+        Some(value) => format!("SET synchronous_commit = {value}"),
+        None => "RESET synchronous_commit".to_owned(),
+    };
+    db.execute_unprepared(&format!(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {change}', current_database()); END $$"
+    ))
+    .await
+    .with_context(|| format!("ALTER DATABASE ... {change}"))?;
+    db.close().await?;
+    Ok(())
+}
+
 /// Every whole-server figure on one store.
 #[allow(clippy::too_many_arguments)]
 pub async fn backend_suite(
@@ -495,6 +606,22 @@ pub async fn backend_suite(
         "polled every 50 ms through the closed-loop and constant-rate runs",
     );
     hub.stop().await?;
+    let mut unflushed_rps = None;
+    if backend == "postgres" {
+        let runs = Runs {
+            args,
+            plan,
+            secret,
+            headers: &headers,
+            bodies: &bodies,
+        };
+        match without_the_flush(runs, &config, dir, database_url, report).await {
+            Ok(rps) => unflushed_rps = Some(rps),
+            Err(e) => report.note(format!(
+                "postgres: the served runs without the audit log's flush were not measured: {e:#}"
+            )),
+        }
+    }
     // The hub's instructions a query (full runs, and quick runs with --instructions).
     let counting = args.instructions || !args.quick;
     let callgrind = crate::instructions::Setup {
@@ -661,6 +788,7 @@ pub async fn backend_suite(
         served_rps: closed.rps,
         sync_people_per_sec: people_per_sec,
         fanout_rps: busy.rps,
+        unflushed_rps,
         database_url: database_url.to_owned(),
         ids,
     })
