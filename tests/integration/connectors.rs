@@ -593,12 +593,14 @@ async fn direct_view(
 
 /// The store as `DirectStore` reads it, except that it waits (until a deadline of ten seconds)
 /// before two steps of a view: telling it what the view will read waits until every partner in
-/// `partners` has been asked, and keeping the view's answers waits until `recorded` is
-/// notified (when given; `kept_waiting` then says whether the deadline passed).
+/// `partners` has been asked (and until `read_after` is notified, when given), and keeping the
+/// view's answers waits until `recorded` is notified (when given; `kept_waiting` then says
+/// whether the deadline passed).
 struct WaitingStore<'a> {
     direct: tributary::services::sources::DirectStore<'a>,
     partners: Vec<&'a sandboxes::Faults>,
     before: Vec<u64>,
+    read_after: Option<tokio::sync::Notify>,
     recorded: Option<tokio::sync::Notify>,
     kept_waiting: std::sync::atomic::AtomicBool,
 }
@@ -609,6 +611,7 @@ impl<'a> WaitingStore<'a> {
             direct: tributary::services::sources::DirectStore(&app.db),
             partners: Vec::new(),
             before: Vec::new(),
+            read_after: None,
             recorded: None,
             kept_waiting: Default::default(),
         }
@@ -623,6 +626,15 @@ impl tributary::services::sources::StoreReader for WaitingStore<'_> {
         _subjects: &[(String, String)],
     ) -> tributary::error::ApiResult<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        if let Some(read_after) = &self.read_after
+            && tokio::time::timeout_at(deadline.into(), read_after.notified())
+                .await
+                .is_err()
+        {
+            return Err(tributary::error::ApiError::Internal(anyhow::anyhow!(
+                "the read was not recorded while the store was read"
+            )));
+        }
         while self
             .partners
             .iter()
@@ -815,6 +827,61 @@ async fn a_view_records_its_read_while_it_keeps_the_partners_answers() {
     );
     assert_eq!(second.streams.len(), 4);
     assert_eq!(second.gross, first.gross);
+}
+
+/// A view that asks its partners on every view (`cache_ttl_secs = 0`) records its read while
+/// it asks them and reads the store, not once they answered: here the store is read only once
+/// the read is recorded. The view is whole, and its answers are kept.
+#[tokio::test]
+async fn an_uncached_view_records_its_read_while_it_asks_the_partners() {
+    use futures::FutureExt as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let app = spawn_uncached_app(Backend::Sqlite).await;
+    let ids = app.register_world().await;
+    let (auditor, person, window) =
+        direct_view(&app, &ids[0], "checking when reads are recorded").await;
+    let store = WaitingStore {
+        read_after: Some(Default::default()),
+        ..WaitingStore::new(&app)
+    };
+    let records = AtomicUsize::new(0);
+    let record = async {
+        records.fetch_add(1, Ordering::SeqCst);
+        if let Some(read_after) = &store.read_after {
+            read_after.notify_one();
+        }
+        Ok(())
+    }
+    .boxed();
+    let kept_before = app.count("upstream_snapshots").await;
+    let (view, recorded) = tributary::services::budget::super_budget(
+        &app.db,
+        &store,
+        &app.registry,
+        &auditor,
+        &person,
+        window,
+        Some(record),
+    )
+    .await
+    .expect("the store was read only after the read was recorded");
+    assert!(recorded, "the view recorded its read");
+    assert_eq!(records.load(Ordering::SeqCst), 1);
+    assert_eq!(view.streams.len(), 4);
+    for stream in &view.streams {
+        assert_eq!(
+            stream.status,
+            tributary::budget::assemble::SourceStatus::Fresh,
+            "{}",
+            stream.id
+        );
+    }
+    assert_eq!(
+        app.count("upstream_snapshots").await,
+        kept_before + 3,
+        "the three live partners' answers were kept"
+    );
 }
 
 /// When the audit log refuses a view's read, recorded while the partners' answers are kept,

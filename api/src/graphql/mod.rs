@@ -141,8 +141,8 @@ impl ReadLog {
 
     /// Records now that this request read `what` of `person_id`'s data, together with every
     /// read it noted before (so the log keeps their order); returns once they are committed.
-    /// A view whose partners were asked records this way while it keeps their answers,
-    /// rather than one commit after the other (see `sources::gather`). Without a recorder
+    /// A view whose partners were asked records this way while it asks them or keeps their
+    /// answers, rather than one commit after the other (see `sources::gather`). Without a recorder
     /// the read is only noted, for the handler to record.
     ///
     /// When recording fails, the earlier reads are noted again, so the handler still records

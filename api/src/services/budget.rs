@@ -52,8 +52,8 @@ pub fn resolve_window(
 }
 
 /// The person's combined budget in `window`, as far as `principal` may see it, and whether
-/// `record` recorded the read while partners' answers were kept (see `sources::gather`;
-/// otherwise the caller records it).
+/// `record` recorded the read while partners were asked or their answers kept (see
+/// `sources::gather`; otherwise the caller records it).
 pub async fn super_budget(
     db: &DatabaseConnection,
     store: &dyn StoreReader,

@@ -877,13 +877,20 @@ pub(crate) fn always_asked(connector: &dyn Connector) -> bool {
 /// half a millisecond of every uncached view). Its snapshot is left out of that read, and
 /// read only if it is needed (see [`live`]).
 ///
-/// `record` records the view's read in the audit log. When partners were asked, it runs
-/// while their answers are kept: the view is served from then on whatever the keeping does
-/// (a store that cannot keep them degrades only the keeping), so the two commits need not
-/// follow one another (on PostgreSQL each is a round trip, and the audit's commit waits for
-/// its flush; the snapshots' does not, see `pg_reads`). It is left unpolled otherwise, for the caller to record the read once the
+/// `record` records the view's read in the audit log. When a partner is asked on every view
+/// (see [`always_asked`]), it runs while the partners are asked: the view will be served
+/// whatever they answer (one that fails is served STALE or UNAVAILABLE), so its read is
+/// certain from the start, and its commit (on PostgreSQL a round trip and a wait for the
+/// log's flush, the largest part of an uncached view's time in the hub) is made while the
+/// view waits for the partners rather than after they answered. Otherwise, when partners
+/// were asked, it runs while their answers are kept: the view is served from then on whatever
+/// the keeping does (a store that cannot keep them degrades only the keeping), so the two
+/// commits need not follow one another (the snapshots' does not wait for its flush, see
+/// `pg_reads`). It is left unpolled otherwise, for the caller to record the read once the
 /// view is ready; the answer says whether it ran. It fails the view when it fails: no data
-/// leaves without its read recorded.
+/// leaves without its read recorded. (Recorded early, a read whose view then fails, which
+/// only a store that cannot be read makes happen, stays in the log: an access that was
+/// allowed and tried, never one that went unrecorded.)
 pub async fn gather(
     db: &DatabaseConnection,
     store: &dyn StoreReader,
@@ -926,9 +933,17 @@ pub async fn gather(
             }
         }
     });
+    // A view that asks a partner whatever the store holds records its read meanwhile.
+    let (answers, record, early) = match record {
+        Some(record) if asked.iter().any(|(c, _)| always_asked(c.as_ref())) => {
+            let (answers, recorded) = futures::join!(futures::future::join_all(tasks), record);
+            (answers, None, Some(recorded))
+        }
+        record => (futures::future::join_all(tasks).await, record, None),
+    };
     let mut streams = Vec::new();
     let mut fetched = Vec::new();
-    for asked in futures::future::join_all(tasks).await {
+    for asked in answers {
         match asked? {
             Asked::Done(stream) => streams.push(Some(stream)),
             Asked::Fetched(stream, records) => {
@@ -937,13 +952,20 @@ pub async fn gather(
             }
         }
     }
-    let (kept, recorded) = match record {
-        Some(record) if !fetched.is_empty() => {
+    let (kept, recorded) = match (record, early) {
+        (Some(record), None) if !fetched.is_empty() => {
             let (kept, recorded) = futures::join!(keep(db, store, fetched), record);
             recorded?;
             (kept?, true)
         }
-        _ => (keep(db, store, fetched).await?, false),
+        (_, Some(recorded)) => {
+            // The partners' answers are kept even when the read could not be recorded (the
+            // view then fails), as they would be had it been recorded while they were kept.
+            let kept = keep(db, store, fetched).await;
+            recorded?;
+            (kept?, true)
+        }
+        (_, None) => (keep(db, store, fetched).await?, false),
     };
     for (at, stream) in kept {
         streams[at] = Some(stream);
