@@ -884,8 +884,8 @@ async fn an_uncached_view_records_its_read_while_it_asks_the_partners() {
     );
 }
 
-/// When the audit log refuses a view's read, recorded while the partners' answers are kept,
-/// nothing of the person leaves: not the budget, and not the fields read before it, whose
+/// When the audit log refuses a view's read, recorded while its partners are asked (it asks
+/// them on every view), nothing of the person leaves: not the budget, and not the fields read before it, whose
 /// reads went unrecorded with it. Once the log takes reads again, so does the view.
 #[tokio::test]
 async fn a_view_whose_read_cannot_be_recorded_answers_nothing() {
