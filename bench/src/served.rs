@@ -277,13 +277,12 @@ pub async fn settle(database_url: &str) -> anyhow::Result<(f64, String)> {
 }
 
 /// What a served run needs besides the hub: the command line, the plan, the token's secret,
-/// the headers and the request bodies.
+/// and the served runs' target (its headers and request bodies).
 struct Runs<'a> {
     args: &'a Args,
     plan: &'a Plan,
     secret: &'a str,
-    headers: &'a [String],
-    bodies: &'a Path,
+    served: &'a Target,
 }
 
 /// The snapshot-served runs again on PostgreSQL with the audit log's commits not waiting for
@@ -328,8 +327,7 @@ async fn without_the_flush(
         .await?;
         let target = Target {
             url: hub.url.clone(),
-            headers: runs.headers.to_vec(),
-            bodies: runs.bodies.to_path_buf(),
+            ..runs.served.clone()
         };
         load::run(&runs.args.oha, &target, 32, None, runs.plan.warmup).await?;
         let closed = load::run(&runs.args.oha, &target, 32, None, runs.plan.run).await?;
@@ -639,8 +637,7 @@ pub async fn backend_suite(
             args,
             plan,
             secret,
-            headers: &headers,
-            bodies: &bodies,
+            served: &target,
         };
         unflushed_rps = without_the_flush(runs, &config, dir, database_url, report).await?;
     }
